@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""One entry point for people and CI: sets up what it needs, then runs the job.
+
+    python3 dev.py train [exp-train options]   the main job: train the bag-of-tricks CNN (Imagenette-160 by default)
+    python3 dev.py test                         the whole test suite (what CI runs)
+    python3 dev.py notebooks [nbs/NN_*.ipynb]   execute notebooks top to bottom and save them with outputs
+    python3 dev.py test-nb nbs/NN_*.ipynb       run one notebook's tests (nbdev_test, small sizes)
+    python3 dev.py bench                        CPU benchmarks (Runner vs bare loop, data pipeline): prints tables
+    python3 dev.py setup                        only create/refresh the virtual environment
+
+Everything is idempotent: the virtual environment `.venv` is created once and refreshed only when settings.ini changes.
+Data: `EXP_DATA` (default ~/exp-data) is where archives go; `EXP_DATA_MIRROR` names a local folder holding the archives
+(consulted before the internet). When the mirror is unset and `../shared/data` exists beside the checkout, it is used.
+"""
+import hashlib, os, subprocess, sys, time, venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / '.venv'
+BIN = VENV / ('Scripts' if os.name == 'nt' else 'bin')
+PY = BIN / ('python.exe' if os.name == 'nt' else 'python')
+STAMP = VENV / '.exp-setup-stamp'
+
+
+def say(msg): print(f'[dev] {msg}', flush=True)
+
+
+def sh(*cmd, check=True, **kw):
+    "Run a command from the repo root, echoing it; exit with its code when it fails and `check`."
+    say(' '.join(map(str, cmd)))
+    r = subprocess.run([str(c) for c in cmd], cwd=kw.pop('cwd', ROOT), **kw)
+    if check and r.returncode: sys.exit(f'[dev] failed ({r.returncode}): {" ".join(map(str, cmd))}')
+    return r
+
+
+def setup():
+    "Create .venv and install the project with its tools, unless settings.ini is unchanged since the last setup."
+    if sys.version_info < (3, 10): sys.exit('[dev] Python >= 3.10 is needed; run this with a newer python3.')
+    want = hashlib.sha256((ROOT / 'settings.ini').read_bytes() + (ROOT / 'dev.py').read_bytes()).hexdigest()
+    if PY.exists() and STAMP.exists() and STAMP.read_text() == want: return
+    if not PY.exists():
+        say(f'creating virtual environment {VENV}')
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    # settings.ini holds every requirement with tested ranges; the [dev] extra pins nbdev 2 and its tools.
+    sh(PY, '-m', 'pip', 'install', '-q', '--upgrade', 'pip')
+    sh(PY, '-m', 'pip', 'install', '-q', '-e', '.[dev]')
+    STAMP.write_text(want)
+
+
+def data_env():
+    "Environment for child processes: the shared mirror beside the checkout when no mirror is configured."
+    env = dict(os.environ)
+    shared = ROOT.parent / 'shared' / 'data'
+    if 'EXP_DATA_MIRROR' not in env and shared.is_dir():
+        env['EXP_DATA_MIRROR'] = str(shared)
+        say(f'EXP_DATA_MIRROR={shared}')
+    return env
+
+
+def git_diff_clean(paths, what):
+    "Fail when `git status` shows changes under `paths` (only inside a git checkout)."
+    if not (ROOT / '.git').exists(): return say(f'not a git checkout: skipping the {what} check')
+    r = subprocess.run(['git', 'status', '--porcelain', '--', *paths], cwd=ROOT, capture_output=True, text=True)
+    if r.stdout.strip():
+        subprocess.run(['git', '--no-pager', 'diff', '--stat', '--', *paths], cwd=ROOT)
+        sys.exit(f'[dev] {what}: these files changed:\n{r.stdout}')
+    say(f'{what}: no changes')
+
+
+def test(args):
+    "Export drift, nbdev_clean drift, pytest, every notebook under nbdev_test."
+    env = data_env()
+    t0 = time.time()
+    dirty_before = subprocess.run(['git', 'status', '--porcelain', '--', 'exp', 'nbs'], cwd=ROOT, capture_output=True,
+                                  text=True).stdout.strip() if (ROOT / '.git').exists() else ''
+    if dirty_before: say('exp/ or nbs/ have uncommitted changes: drift checks compare against them as they are')
+    if not dirty_before:
+        sh(BIN / 'nbdev_export', env=env)
+        git_diff_clean(['exp'], 'export drift (nbdev_export vs committed exp/)')
+        sh(BIN / 'nbdev_clean', env=env)
+        git_diff_clean(['nbs'], 'nbdev_clean drift (notebooks carry volatile metadata)')
+    r = sh(PY, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests', *args, check=False, env=env)
+    if r.returncode == 5: sys.exit('[dev] pytest collected no tests: the tests/ folder lost its tests')
+    if r.returncode: sys.exit(f'[dev] pytest failed ({r.returncode})')
+    env1 = dict(env, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')  # two notebooks at a time on two cores
+    sh(BIN / 'nbdev_test', '--n_workers', '2', '--timing', env=env1)
+    say(f'all tests passed in {time.time() - t0:.0f}s')
+
+
+def main(argv):
+    if not argv or argv[0] in ('-h', '--help', 'help'): return print(__doc__)
+    cmd, args = argv[0], argv[1:]
+    setup()
+    if cmd == 'setup': return
+    if cmd == 'test': return test(args)
+    if cmd == 'train': return sh(PY, '-m', 'exp.nb_10', *args, env=data_env())
+    if cmd == 'notebooks': return sh(PY, ROOT / '.ci' / 'exec_nb.py', *args, env=data_env())
+    if cmd == 'test-nb': return sh(BIN / 'nbdev_test', '--path', *args, '--do_print', env=data_env())
+    if cmd == 'bench':
+        sh(PY, ROOT / 'tests' / 'bench_runner.py', *args, env=data_env())
+        bp = ROOT / 'tests' / 'bench_pipeline.py'
+        if bp.exists(): sh(PY, bp, *args, env=data_env())
+        return
+    sys.exit(f'[dev] unknown command {cmd!r}; try: python3 dev.py help')
+
+
+if __name__ == '__main__': main(sys.argv[1:])
