@@ -53,7 +53,7 @@ def main(argv):
             failed.append(p); continue
         if not test:
             fd, tmp = tempfile.mkstemp(suffix='.ipynb', dir=p.parent); os.close(fd)
-            write_nb(nb, tmp); os.replace(tmp, p)
+            write_nb(nb, tmp); os.chmod(tmp, 0o644); os.replace(tmp, p)
             os.system(f'"{Path(sys.executable).parent}/nbdev_clean" --fname "{p}"')
         print(f'ok {p} {time.time()-t0:.0f}s', flush=True)
     return 1 if failed else 0

@@ -1,0 +1,368 @@
+"""Data access (exp.nb_01): downloads, mirror, checksums, resume, safe extraction, Fashion-MNIST parsing.
+
+Everything runs against an HTTP server on 127.0.0.1 (ephemeral port, in a thread) or a closed local port; no test
+touches any other address. The real files come from the shared data folder beside the checkout (../shared/data).
+"""
+import gzip, hashlib, http.server, io, os, re, socket, struct, tarfile, threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import exp.nb_01 as nb01
+from exp.nb_01 import (URLs, KNOWN_SHA256, ArchiveError, ChecksumError, DownloadError, data_mirror, default_data_path,
+                       download_data, file_sha256, load_fashion_mnist, read_idx, untar_data)
+
+SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+FM = SHARED / 'fashion-mnist'
+needs_shared = pytest.mark.skipif(not FM.is_dir(), reason=f'shared data folder {SHARED} not present')
+LABELS = 't10k-labels-idx1-ubyte.gz'   # a small real file (5 kB) with a known sha256
+
+
+# ---------------------------------------------------------------- fixtures: env, server, helpers
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    "Every test gets its own data folder, no mirror, and a public Fashion-MNIST URL that cannot reach the internet."
+    monkeypatch.setenv('EXP_DATA', str(tmp_path / 'data'))
+    monkeypatch.delenv('EXP_DATA_MIRROR', raising=False)
+    monkeypatch.setattr(nb01.URLs, 'FASHION_MNIST', f'http://127.0.0.1:{closed_port()}/fashion-mnist/')
+    monkeypatch.setattr(nb01, 'FMNIST_SYSTEM_PATH', tmp_path / 'no-system-copy')
+
+
+def closed_port():
+    "A local port with nothing listening."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    "Serves files of `root`; honours `Range: bytes=N-` unless told otherwise; can cut a transfer short."
+    root, log, truncate, ignore_range = None, None, None, None
+
+    def log_message(self, *args): pass
+
+    def do_GET(self):
+        name = self.path.lstrip('/')
+        self.log.append((name, self.headers.get('Range')))
+        f = Path(self.root) / name
+        if not f.is_file(): return self.send_error(404)
+        data, start = f.read_bytes(), 0
+        m = re.fullmatch(r'bytes=(\d+)-', self.headers.get('Range') or '')
+        if m and name not in self.ignore_range:
+            start = int(m[1])
+            if start >= len(data): return self.send_error(416)
+            self.send_response(206)
+            self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
+        else: self.send_response(200)
+        self.send_header('Content-Length', str(len(data) - start))   # the full length, even when we cut short
+        self.end_headers()
+        body = data[start:]
+        if name in self.truncate: body = body[:len(body) // 2]          # then the connection closes
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(tmp_path):
+    "A 127.0.0.1 server over a tmp folder holding links to the shared files; yields (base_url, folder, handler)."
+    root = tmp_path / 'site'
+    (root / 'fashion-mnist').mkdir(parents=True)
+    if FM.is_dir():
+        for f in FM.iterdir(): (root / 'fashion-mnist' / f.name).symlink_to(f)
+    h = type('H', (Handler,), dict(root=str(root), log=[], truncate=set(), ignore_range=set()))
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try: yield f'http://127.0.0.1:{srv.server_address[1]}/', root, h
+    finally:
+        srv.shutdown(); srv.server_close()
+
+
+def make_tar(fname, members):
+    "Write a .tgz: (name, bytes) for files, (name, '->x') symlink, (name, '=>x') hardlink, (name, 'dev') device."
+    with tarfile.open(fname, 'w:gz') as tf:
+        for name, content in members:
+            ti, data = tarfile.TarInfo(name), None
+            if content == 'dev': ti.type = tarfile.CHRTYPE
+            elif isinstance(content, str):
+                ti.type = tarfile.SYMTYPE if content.startswith('->') else tarfile.LNKTYPE
+                ti.linkname = content[2:]
+            else: ti.size, data = len(content), io.BytesIO(content)
+            tf.addfile(ti, data)
+    return Path(fname)
+
+
+def leftovers(folder):
+    "Temporary or partial files left in `folder` (must be none after any failure)."
+    folder = Path(folder)
+    if not folder.exists(): return []
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(('.tmp', '.part')) or '.old-' in p.name)
+
+
+def sha(b): return hashlib.sha256(b).hexdigest()
+
+
+# ---------------------------------------------------------------- folders
+def test_data_folder_env(tmp_path, monkeypatch):
+    assert default_data_path() == tmp_path / 'data' and (tmp_path / 'data').is_dir()
+    monkeypatch.delenv('EXP_DATA')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert default_data_path() == tmp_path / 'home' / 'exp-data'
+    assert data_mirror() is None
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(tmp_path / 'missing'))
+    with pytest.raises(FileNotFoundError, match='EXP_DATA_MIRROR'): data_mirror()
+
+
+# ---------------------------------------------------------------- downloads
+@needs_shared
+def test_download_real_file_verified(server, tmp_path):
+    base, _, h = server
+    p = download_data(base + 'fashion-mnist/' + LABELS)
+    assert p == tmp_path / 'data' / 'fashion-mnist' / LABELS
+    assert file_sha256(p) == KNOWN_SHA256[LABELS] == file_sha256(FM / LABELS)
+    assert leftovers(p.parent) == []
+    n = len(h.log)
+    assert download_data(base + 'fashion-mnist/' + LABELS) == p and len(h.log) == n   # cached: no new request
+
+
+def test_download_and_extract_small_archive(server, tmp_path):
+    base, root, h = server
+    make_tar(root / 'toy.tgz', [('toy/train/a.txt', b'A'), ('toy/val/b.txt', b'B'), ('toy/train/l', '->a.txt')])
+    d = untar_data(base + 'toy.tgz', sha256=file_sha256(root / 'toy.tgz'))
+    assert d == tmp_path / 'data' / 'toy'
+    assert (d / 'train' / 'a.txt').read_bytes() == b'A' and (d / 'val' / 'b.txt').read_bytes() == b'B'
+    assert (d / 'train' / 'l').read_bytes() == b'A'
+    assert leftovers(d.parent) == []
+    assert untar_data(base + 'toy.tgz') == d and len(h.log) == 1          # stamp matches: no download, no re-extract
+
+
+def test_wrong_checksum(server, tmp_path):
+    base, root, _ = server
+    (root / 'f.bin').write_bytes(b'payload' * 1000)
+    with pytest.raises(ChecksumError, match=r'f\.bin.*expected 0{64}'):
+        download_data(base + 'f.bin', sha256='0' * 64)
+    assert not (tmp_path / 'data' / 'f.bin').exists() and leftovers(tmp_path / 'data') == []
+
+
+@needs_shared
+def test_known_checksum_mismatch(server, tmp_path):
+    "A file named like an official Fashion-MNIST file but with other bytes is rejected by KNOWN_SHA256."
+    base, root, _ = server
+    (root / 'fashion-mnist' / LABELS).unlink()
+    (root / 'fashion-mnist' / LABELS).write_bytes(b'tampered')
+    with pytest.raises(ChecksumError, match=KNOWN_SHA256[LABELS]):
+        download_data(base + 'fashion-mnist/' + LABELS)
+    assert not (tmp_path / 'data' / 'fashion-mnist' / LABELS).exists()
+    assert leftovers(tmp_path / 'data' / 'fashion-mnist') == []
+
+
+def test_truncated_transfer_then_resume(server, tmp_path):
+    base, root, h = server
+    data = os.urandom(200_000)
+    (root / 'big.bin').write_bytes(data)
+    h.truncate.add('big.bin')
+    dest, part = tmp_path / 'data' / 'big.bin', tmp_path / 'data' / 'big.bin.part'
+    with pytest.raises(DownloadError, match=r'stopped at 100000 of 200000 bytes.*big\.bin\.part'):
+        download_data(base + 'big.bin', sha256=sha(data))
+    assert not dest.exists() and part.stat().st_size == 100_000   # never renamed, never looks complete
+    h.truncate.clear()
+    assert download_data(base + 'big.bin', sha256=sha(data)).read_bytes() == data
+    assert h.log[-1] == ('big.bin', 'bytes=100000-') and not part.exists()
+
+
+def test_resume_with_range(server, tmp_path):
+    base, root, h = server
+    data = os.urandom(150_000)
+    (root / 'r.bin').write_bytes(data)
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'r.bin.part').write_bytes(data[:70_000])
+    assert download_data(base + 'r.bin', sha256=sha(data)).read_bytes() == data
+    assert h.log == [('r.bin', 'bytes=70000-')]
+
+
+def test_server_without_range_restarts_cleanly(server, tmp_path):
+    base, root, h = server
+    data = os.urandom(50_000)
+    (root / 'n.bin').write_bytes(data)
+    h.ignore_range.add('n.bin')
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'n.bin.part').write_bytes(b'garbage that is not a prefix')
+    assert download_data(base + 'n.bin').read_bytes() == data           # 200 answer: rewritten from byte 0
+    assert h.log == [('n.bin', 'bytes=28-')]
+
+
+def test_http_error_is_clear(server):
+    base, _, _ = server
+    with pytest.raises(DownloadError, match='404'): download_data(base + 'nothing-here.tgz')
+
+
+def test_offline_without_mirror_names_file_and_folder(tmp_path):
+    url = f'http://127.0.0.1:{closed_port()}/fashion-mnist/{LABELS}'
+    with pytest.raises(DownloadError) as e: download_data(url, timeout=5)
+    msg = str(e.value)
+    assert str(tmp_path / 'data' / 'fashion-mnist' / LABELS) in msg
+    assert f'<mirror>/fashion-mnist/{LABELS}' in msg and 'EXP_DATA_MIRROR' in msg
+    assert leftovers(tmp_path / 'data' / 'fashion-mnist') == []
+
+
+@needs_shared
+def test_mirror_first(tmp_path, monkeypatch):
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(SHARED))
+    url = f'http://127.0.0.1:{closed_port()}/fashion-mnist/{LABELS}'   # the network is never needed
+    p = download_data(url)
+    assert p == tmp_path / 'data' / 'fashion-mnist' / LABELS and file_sha256(p) == KNOWN_SHA256[LABELS]
+
+
+def test_mirror_bad_copy_and_offline_message(tmp_path, monkeypatch):
+    mirror = tmp_path / 'mirror'
+    (mirror / 'fashion-mnist').mkdir(parents=True)
+    (mirror / 'fashion-mnist' / LABELS).write_bytes(b'not the real file')
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(mirror))
+    url = f'http://127.0.0.1:{closed_port()}/fashion-mnist/{LABELS}'
+    with pytest.raises(ChecksumError, match=re.escape(str(mirror / 'fashion-mnist' / LABELS))): download_data(url)
+    assert leftovers(tmp_path / 'data' / 'fashion-mnist') == []
+    url2 = f'http://127.0.0.1:{closed_port()}/other.tgz'                # mirror set, file absent: say where to put it
+    with pytest.raises(DownloadError, match=re.escape(str(mirror / 'other.tgz'))): download_data(url2, timeout=5)
+
+
+# ---------------------------------------------------------------- extraction
+BAD_MEMBERS = {
+    'dotdot': ([('pkg/ok.txt', b'ok'), ('pkg/../../escape.txt', b'evil')], "'..'"),
+    'absolute': ([('pkg/ok.txt', b'ok'), ('/tmp/exp-abs-escape.txt', b'evil')], 'absolute path'),
+    'symlink_out': ([('pkg/ok.txt', b'ok'), ('pkg/up', '->../../..'), ('pkg/up/escape.txt', b'evil')], 'points outside'),
+    'symlink_abs': ([('pkg/etc', '->/etc')], 'link to absolute path'),
+    'hardlink_out': ([('pkg/h', '=>../outside.txt')], 'points outside'),
+    'device': ([('pkg/ok.txt', b'ok'), ('pkg/dev0', 'dev')], 'device'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_MEMBERS))
+def test_unsafe_archive_rejected(case, tmp_path, monkeypatch):
+    members, why = BAD_MEMBERS[case]
+    mirror = tmp_path / 'mirror'; mirror.mkdir()
+    make_tar(mirror / 'pkg.tgz', members)
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(mirror))
+    with pytest.raises(ArchiveError, match=re.escape(why)):
+        untar_data(f'http://127.0.0.1:{closed_port()}/pkg.tgz')
+    data = tmp_path / 'data'
+    assert not (data / 'pkg').exists() and leftovers(data) == []          # nothing half-extracted
+    assert not (tmp_path / 'escape.txt').exists() and not Path('/tmp/exp-abs-escape.txt').exists()
+
+
+def test_corrupt_archive(tmp_path, monkeypatch):
+    mirror = tmp_path / 'mirror'; mirror.mkdir()
+    good = make_tar(tmp_path / 'good.tgz', [(f'c/f{i}.txt', os.urandom(5000)) for i in range(20)]).read_bytes()
+    (mirror / 'c.tgz').write_bytes(good[:len(good) // 2])                  # truncated gzip stream
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(mirror))
+    with pytest.raises(ArchiveError, match=r'c\.tgz is not a readable archive'):
+        untar_data(f'http://127.0.0.1:{closed_port()}/c.tgz')
+    assert not (tmp_path / 'data' / 'c').exists() and leftovers(tmp_path / 'data') == []
+    (mirror / 'c.tgz').write_bytes(b'plain text, not an archive')
+    with pytest.raises(ArchiveError, match='not a readable archive'):
+        untar_data(f'http://127.0.0.1:{closed_port()}/c.tgz', force=True)
+    assert not (tmp_path / 'data' / 'c').exists() and leftovers(tmp_path / 'data') == []
+
+
+def test_reextract_when_archive_changes(tmp_path, monkeypatch):
+    mirror = tmp_path / 'mirror'; mirror.mkdir()
+    make_tar(mirror / 'v.tgz', [('v/a.txt', b'version 1'), ('v/only_v1.txt', b'x')])
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(mirror))
+    url = f'http://127.0.0.1:{closed_port()}/v.tgz'
+    d = untar_data(url)
+    assert (d / 'a.txt').read_text() == 'version 1'
+    stamp = nb01.read_stamp(d)
+    assert stamp['sha256'] == file_sha256(tmp_path / 'data' / 'v.tgz')
+    make_tar(tmp_path / 'data' / 'v.tgz', [('v/a.txt', b'version 2')])   # the archive in the data folder changes
+    d2 = untar_data(url)
+    assert d2 == d and (d / 'a.txt').read_text() == 'version 2' and not (d / 'only_v1.txt').exists()
+    assert nb01.read_stamp(d)['sha256'] != stamp['sha256'] and leftovers(tmp_path / 'data') == []
+    (d / 'a.txt').write_text('edited by hand')                           # unchanged archive: folder is kept as is
+    assert untar_data(url) == d and (d / 'a.txt').read_text() == 'edited by hand'
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+@needs_shared
+def test_load_fashion_mnist_from_mirror(tmp_path, monkeypatch):
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(SHARED))
+    xt, yt, xv, yv = load_fashion_mnist()
+    assert [tuple(t.shape) for t in (xt, yt, xv, yv)] == [(60000, 784), (60000,), (10000, 784), (10000,)]
+    assert xt.dtype == xv.dtype == torch.float32 and yt.dtype == yv.dtype == torch.int64
+    assert 0 <= float(xt.min()) and float(xt.max()) == 1.0 and 0.2 < float(xt.mean()) < 0.4
+    assert torch.bincount(yt).tolist() == [6000] * 10 and torch.bincount(yv).tolist() == [1000] * 10
+    assert not (tmp_path / 'data' / 'fashion-mnist').exists()            # read in place, nothing copied
+
+
+def idx(arr):
+    "Encode a uint8 array as IDX bytes."
+    return bytes([0, 0, 8, arr.ndim]) + struct.pack(f'>{arr.ndim}I', *arr.shape) + arr.tobytes()
+
+
+def write_fmnist(folder, n=(6, 4), images=None):
+    "A tiny, valid Fashion-MNIST lookalike in `folder`; `images` overrides the train-images bytes."
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, k in zip(('train', 't10k'), n):
+        x = rng.integers(0, 256, (k, 28, 28), dtype=np.uint8)
+        (folder / f'{split}-images-idx3-ubyte.gz').write_bytes(gzip.compress(idx(x)))
+        (folder / f'{split}-labels-idx1-ubyte.gz').write_bytes(gzip.compress(idx(np.arange(k, dtype=np.uint8) % 10)))
+    if images is not None: (folder / 'train-images-idx3-ubyte.gz').write_bytes(images)
+    return folder
+
+
+def test_load_fashion_mnist_from_folder(tmp_path):
+    xt, yt, xv, yv = load_fashion_mnist(write_fmnist(tmp_path / 'fm'))
+    assert xt.shape == (6, 784) and xv.shape == (4, 784) and yt.tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(FileNotFoundError, match='not a folder'): load_fashion_mnist(tmp_path / 'nope')
+
+
+@pytest.mark.parametrize('kind, match', [('truncated', 'truncated'), ('magic', 'bad magic number'),
+                                         ('gzip', 'cannot read or decompress'), ('shape', 'expected uint8 images')])
+def test_bad_idx_file(kind, match, tmp_path):
+    x = np.zeros((6, 28, 28), np.uint8)
+    raw = {'truncated': gzip.compress(idx(x)[:-10]), 'magic': gzip.compress(b'\x12\x34' + idx(x)[2:]),
+           'gzip': gzip.compress(idx(x))[:-12], 'shape': gzip.compress(idx(np.zeros((6, 27, 27), np.uint8)))}[kind]
+    folder = write_fmnist(tmp_path / 'fm', images=raw)
+    with pytest.raises(ValueError, match=match) as e: load_fashion_mnist(folder)
+    assert 'train-images-idx3-ubyte.gz' in str(e.value)
+
+
+def test_labels_must_match_images(tmp_path):
+    folder = write_fmnist(tmp_path / 'fm')
+    (folder / 'train-labels-idx1-ubyte.gz').write_bytes(gzip.compress(idx(np.arange(5, dtype=np.uint8))))
+    with pytest.raises(ValueError, match='train-labels-idx1-ubyte.gz: expected 6 labels'): load_fashion_mnist(folder)
+
+
+def test_read_idx_raw_and_types(tmp_path):
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    (tmp_path / 'a.idx').write_bytes(idx(a))
+    np.testing.assert_array_equal(read_idx(tmp_path / 'a.idx'), a)
+    f = np.array([1.5, -2.0], dtype='>f4')
+    (tmp_path / 'f.idx').write_bytes(bytes([0, 0, 0x0D, 1]) + struct.pack('>I', 2) + f.tobytes())
+    np.testing.assert_array_equal(read_idx(tmp_path / 'f.idx'), f)
+
+
+@pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist').is_dir(), reason='Debian dataset-fashion-mnist not installed')
+def test_debian_package_location(monkeypatch):
+    monkeypatch.setattr(nb01, 'FMNIST_SYSTEM_PATH', Path('/usr/share/datasets/fashion-mnist'))
+    xt, yt, xv, yv = load_fashion_mnist()
+    assert xt.shape == (60000, 784) and xv.shape == (10000, 784)
+
+
+def test_debian_location_is_consulted(tmp_path, monkeypatch):
+    "With no path and no mirror, the system folder is used before any download (uncompressed files work too)."
+    folder = write_fmnist(tmp_path / 'sys')
+    for f in list(folder.iterdir()): (folder / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes())); f.unlink()
+    monkeypatch.setattr(nb01, 'FMNIST_SYSTEM_PATH', folder)
+    assert load_fashion_mnist()[0].shape == (6, 784)
+
+
+def test_contract_names_and_progress_bar(server, capsys):
+    "The names later chapters use exist, and a visible progress bar does not disturb a download."
+    assert nb01.datasets.untar_data is untar_data and nb01.datasets.URLs.IMAGENETTE_160.endswith('/imagenette2-160.tgz')
+    assert set(URLs.FASHION_MNIST_FILES) < set(KNOWN_SHA256) and KNOWN_SHA256['imagenette2-160.tgz'] is None
+    assert len(nb01.FMNIST_CLASSES) == 10
+    base, root, _ = server
+    data = os.urandom(300_000)
+    (root / 'p.bin').write_bytes(data)
+    assert download_data(base + 'p.bin', progress=True).read_bytes() == data
