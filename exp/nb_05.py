@@ -2,8 +2,9 @@
 
 # %% auto #0
 __all__ = ['PrintLogger', 'CancelTrainException', 'CancelEpochException', 'CancelBatchException', 'TerminateOnNaNCallback',
-           'Runner', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'combine_scheds',
-           'cos_1cycle_anneal', 'Recorder', 'ParamScheduler', 'LR_Find', 'ProgressCallback', 'TextLogger']
+           'check_start_epoch', 'Runner', 'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_exp',
+           'combine_scheds', 'cos_1cycle_anneal', 'Recorder', 'ParamScheduler', 'LR_Find', 'ProgressCallback',
+           'TextLogger']
 
 # %% ../nbs/05_anneal.ipynb #f063d2ae
 from .nb_04 import *
@@ -55,6 +56,12 @@ class TerminateOnNaNCallback(Callback):
             f"run.iter). Lower the learning rate, check the inputs for nan/inf, or pass nan_check=False to Runner.")
 
 # %% ../nbs/05_anneal.ipynb #4d4da111
+def check_start_epoch(start_epoch, epochs):
+    "Validate `start_epoch` for `Runner.fit`: an int with 0 <= start_epoch < epochs."
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, numbers.Integral) or not 0 <= start_epoch < epochs:
+        raise ValueError(f"fit: start_epoch must be an int in [0, epochs={epochs}), got {start_epoch!r}")
+    return int(start_epoch)
+
 class Runner(Runner):
     "The final training loop: notebook 04's Runner plus Cancel*Exception handling, a nan guard and a guaranteed after_fit."
     def __init__(self, cbs=None, cb_funcs=None, nan_check=True):
@@ -82,14 +89,16 @@ class Runner(Runner):
             self.all_batches(dl)
         except CancelEpochException: self('after_cancel_epoch')
 
-    def fit(self, epochs, learn):
-        "Train `learn` for `epochs` epochs with validation after each; after_fit always runs, errors are re-raised."
+    def fit(self, epochs, learn, start_epoch=0):
+        "Train `learn` for epochs `start_epoch`..`epochs-1` with validation after each; after_fit always runs, errors are re-raised."
         self.epochs, self.learn = self.check_fit_args(epochs, learn), learn
+        self.start_epoch = check_start_epoch(start_epoch, self.epochs)
         try:
             for cb in self.cbs: cb.set_runner(self)
             self.opt.zero_grad()
             self('begin_fit')
-            for self.epoch in range(self.epochs):
+            self.start_epoch = check_start_epoch(self.start_epoch, self.epochs)   # a resume callback may move it in begin_fit
+            for self.epoch in range(self.start_epoch, self.epochs):
                 self.run_phase('begin_epoch', self.data.train_dl)
                 with torch.no_grad(): self.run_phase('begin_validate', self.data.valid_dl)
                 self('after_epoch')
