@@ -5,7 +5,10 @@ __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'norm_im
            'ItemList', 'open_image', 'image_error', 'drop_unreadable', 'ImageList', 'Transform', 'make_rgb',
            'ResizeFixed', 'to_byte_tensor', 'to_float_tensor', 'show_image', 'show_batch', 'grandparent_splitter',
            'split_by_func', 'SplitData', 'uniqueify', 'Processor', 'CategoryProcessor', 'parent_labeler', 'LabeledData',
-           'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan', 'PIL']
+           'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan', 'center_square', 'CenterSquare',
+           'decode_square', 'decode_square_args', 'source_fingerprint', 'decode_all', 'save_atomic', 'cached_images',
+           'random_crop_params', 'crop_theta', 'batch_random_resized_crop', 'batch_resize', 'fits_on_device',
+           'TensorBatchLoader', 'split_cache_file', 'fast_databunch', 'PIL']
 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
 from .nb_07 import *
@@ -372,3 +375,163 @@ def normalize_chan(x, mean, std):
 # %% ../nbs/08_data_block.ipynb #2652a971
 imagenette_stats = ((0.4625, 0.4579, 0.4303), (0.2743, 0.2714, 0.2938))  # (mean, std) per channel: all Imagenette-160 train images at 128 px
 norm_imagenette = partial(normalize_chan, mean=torch.tensor(imagenette_stats[0]), std=torch.tensor(imagenette_stats[1]))
+
+# %% ../nbs/08_data_block.ipynb #ce65a9cb
+def center_square(im, size):
+    "PIL image `im` with its short side resized to `size` (bilinear, antialiased) and the centre `size`×`size` square cut out."
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), PIL.Image.Resampling.BILINEAR)
+    l, t = (nw - size) // 2, (nh - size) // 2
+    return im.crop((l, t, l + size, t + size))
+
+class CenterSquare(Transform):
+    "Per-item transform: resize the short side to `size` and centre-crop a square (the fast path's cache geometry)."
+    order = 10
+    def __init__(self, size): self.size = size
+    def __call__(self, im): return center_square(im, self.size)
+    def __repr__(self): return f'{type(self).__name__}({self.size})'
+
+def decode_square(fn, size):
+    "Decode image file `fn` to RGB and cut its centre square at `size` px: a uint8 array (3, size, size)."
+    im = make_rgb(open_image(fn))
+    return np.asarray(center_square(im, size), dtype=np.uint8).transpose(2, 0, 1).copy()   # (H, W, 3) -> (3, H, W)
+
+def decode_square_args(args):
+    "`decode_square(*args)`: a module-level function, so worker processes can unpickle it."
+    return decode_square(*args)
+
+# %% ../nbs/08_data_block.ipynb #8ee626e0
+def source_fingerprint(files, size):
+    "SHA-256 over every source file's path, byte size and modification time, plus the cache size."
+    h = hashlib.sha256(f'size={size}\n'.encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f'{f}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
+    return h.hexdigest()
+
+def decode_all(files, size, num_workers=None, chunksize=32):
+    "Decode every file once with `decode_square`, in `num_workers` processes: a uint8 tensor (N, 3, size, size)."
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    args = [(f, size) for f in files]
+    if num_workers <= 1 or len(args) < 2 * chunksize: arrs = list(map(decode_square_args, args))
+    else:
+        import multiprocessing as mp
+        with mp.get_context('spawn' if os.name == 'nt' else 'fork').Pool(num_workers) as pool:
+            arrs = pool.map(decode_square_args, args, chunksize=chunksize)
+    return torch.from_numpy(np.stack(arrs)) if arrs else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+def save_atomic(obj, fname):
+    "`torch.save` `obj` to a temporary file beside `fname`, then rename it into place."
+    fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=fname.name + '.', suffix='.tmp', dir=fname.parent); os.close(fd)
+    try: torch.save(obj, tmp); os.replace(tmp, fname)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
+
+def cached_images(files, size, cache_file, num_workers=None):
+    "uint8 (N, 3, size, size) images of `files`: loaded from `cache_file` when its fingerprint matches, else decoded and saved."
+    files = [str(f) for f in files]
+    fp, cache_file = source_fingerprint(files, size), Path(cache_file)
+    if cache_file.exists():
+        try:
+            d = torch.load(cache_file, weights_only=True)
+            if d['fingerprint'] == fp and tuple(d['x'].shape) == (len(files), 3, size, size): return d['x']
+        except Exception as e:
+            warnings.warn(f"image cache {cache_file} is unreadable ({type(e).__name__}: {e}); rebuilding it")
+    x = decode_all(files, size, num_workers)
+    save_atomic({'fingerprint': fp, 'x': x}, cache_file)
+    return x
+
+# %% ../nbs/08_data_block.ipynb #a8a8a30b
+def random_crop_params(n, scale=(0.35, 1.), ratio=(3/4, 4/3), device='cpu', generator=None):
+    "Window width and height (fractions of the side) and centre (in [-1, 1]) of `n` random resized crops: four (n,) tensors."
+    area = torch.empty(n, device=device).uniform_(*scale, generator=generator)
+    r = torch.empty(n, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator).exp()
+    w, h = (area * r).sqrt().clamp(max=1.), (area / r).sqrt().clamp(max=1.)
+    cx = (torch.rand(n, device=device, generator=generator) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, device=device, generator=generator) * 2 - 1) * (1 - h)
+    return w, h, cx, cy
+
+def crop_theta(w, h, cx, cy, flip=None):
+    "Affine matrices (n, 2, 3) mapping output coordinates to each crop window; `flip` (bool (n,)) mirrors horizontally."
+    sx = w if flip is None else torch.where(flip, -w, w)
+    z = torch.zeros_like(w)
+    return torch.stack([torch.stack([sx, z, cx], 1), torch.stack([z, h, cy], 1)], 1)   # 2 rows of (n, 3) -> (n, 2, 3)
+
+def batch_random_resized_crop(x, size, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None):
+    "Random resized crop and horizontal flip of a float batch (n, c, H, W) on its own device: (n, c, size, size)."
+    n = x.shape[0]
+    w, h, cx, cy = random_crop_params(n, scale, ratio, x.device, generator)
+    fl = torch.rand(n, device=x.device, generator=generator) < 0.5 if flip else None
+    grid = F.affine_grid(crop_theta(w, h, cx, cy, fl).to(x.dtype), (n, x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+
+def batch_resize(x, size):
+    "Resize a float batch (n, c, H, W) to (n, c, size, size), antialiased: the validation path."
+    if tuple(x.shape[-2:]) == (size, size): return x
+    return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+
+# %% ../nbs/08_data_block.ipynb #9b380ceb
+def fits_on_device(x, device, frac=0.5):
+    "True when `device` is a CUDA GPU with room for tensor `x` within `frac` of its free memory."
+    device = torch.device(device)
+    if device.type != 'cuda': return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return x.numel() * x.element_size() < frac * free
+
+class TensorBatchLoader:
+    "Batches of cached uint8 images moved to `device`, then converted, augmented (when `train`) and normalised as whole batches."
+    def __init__(self, x, y, bs, size, train=False, device=None, mean=None, std=None, scale=(0.35, 1.), seed=None,
+                 drop_last=None, channels_last=False):
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1: raise ValueError(f"TensorBatchLoader: bs must be an int >= 1, got {bs!r}")
+        if len(x) != len(y): raise ValueError(f"TensorBatchLoader: {len(x)} images but {len(y)} labels")
+        self.device = torch.device(device) if device is not None else x.device
+        self.x = x.pin_memory() if self.device.type == 'cuda' and x.device.type == 'cpu' else x
+        self.y = torch.as_tensor(y).to(self.device)
+        self.bs, self.size, self.train, self.scale, self.channels_last = bs, size, train, scale, channels_last
+        self.drop_last = train if drop_last is None else drop_last
+        stat = lambda s: None if s is None else torch.tensor(s, device=self.device).view(1, -1, 1, 1)   # (c,) -> (1, c, 1, 1)
+        self.mean, self.std = stat(mean), stat(std)
+        self.gen = torch.Generator()
+        self.gen.manual_seed(torch.initial_seed() if seed is None else seed)
+
+    def __len__(self): return len(self.y) // self.bs if self.drop_last else math.ceil(len(self.y) / self.bs)
+    @property
+    def dataset(self): return self
+
+    def batch(self, idx):
+        "The batch of the items at `idx`: gathered, copied to the device, converted, augmented and normalised."
+        xb = self.x[idx.to(self.x.device)].to(self.device, non_blocking=True).float().div_(255)
+        xb = batch_random_resized_crop(xb, self.size, self.scale) if self.train else batch_resize(xb, self.size)
+        if self.mean is not None: xb = (xb - self.mean) / self.std
+        if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, self.y[idx.to(self.y.device)]
+
+    def __getitem__(self, i): return self.batch(torch.tensor([i]))[0][0], self.y[i]
+    def __iter__(self):
+        idx = torch.randperm(len(self.y), generator=self.gen) if self.train else torch.arange(len(self.y))
+        for i in range(len(self)): yield self.batch(idx[i * self.bs:(i + 1) * self.bs])
+
+def split_cache_file(il, split, size, cache_dir=None):
+    "Cache file of one split: `<cache_dir or the dataset folder/.exp-cache>/<split>-<size>px-<hash of the folder>.pt`."
+    key = hashlib.sha256(str(Path(il.path).resolve()).encode()).hexdigest()[:12]
+    folder = Path(cache_dir) if cache_dir is not None else Path(il.path) / '.exp-cache'
+    return folder / f'{split}-{size}px-{key}.pt'
+
+def fast_databunch(sd, size, bs, cache_size=None, device=None, stats=imagenette_stats, cache_dir=None, num_workers=None,
+                   scale=(0.35, 1.), seed=None, channels_last=False):
+    "A DataBunch of `TensorBatchLoader`s over labelled SplitData `sd`: each image decoded once, batches augmented on `device`."
+    cache_size, device = cache_size or size, torch.device(device) if device is not None else default_device()
+    mean, std = stats if stats is not None else (None, None)
+    dls = []
+    for split, ld in (('train', sd.train), ('valid', sd.valid)):
+        x = cached_images(ld.x.items, cache_size, split_cache_file(ld.x, split, cache_size, cache_dir), num_workers)
+        if fits_on_device(x, device): x = x.to(device)
+        y = torch.as_tensor(list(ld.y.items), dtype=torch.long)
+        dls.append(TensorBatchLoader(x, y, bs if split == 'train' else 2 * bs, size, train=split == 'train', device=device,
+                                     mean=mean, std=std, scale=scale, seed=seed, channels_last=channels_last))
+    vocabs = [p.vocab for p in listify(getattr(sd.train, 'proc_y', None)) if getattr(p, 'vocab', None) is not None]
+    return DataBunch(*dls, c_in=3, c_out=len(vocabs[0]) if vocabs else len(uniqueify(sd.train.y.items)))
