@@ -1,0 +1,240 @@
+"""Tests for exp.nb_09 (optimizers): each optimizer against torch.optim (or the LAMB paper), over several steps."""
+import io
+from functools import partial
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+import exp.nb_09 as E   # module alias: a star import would make pytest collect the test_* helpers as tests
+
+N_STEPS = 12
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3))
+
+def tiny_batches(n=N_STEPS, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 10, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(n)]
+
+def train(model, opt, batches, before_step=None):
+    for xb, yb in batches:
+        F.cross_entropy(model(xb), yb).backward()
+        if before_step is not None: before_step(model)
+        opt.step(); opt.zero_grad()
+    return [p.detach().clone() for p in model.parameters()]
+
+def check_vs(make_ours, make_ref, before_ref_step=None, n=N_STEPS):
+    "Identical MLPs, identical batches: our optimizer and the reference must end with the same weights."
+    m1, m2 = tiny_model(), tiny_model()
+    start = [p.detach().clone() for p in m1.parameters()]
+    bs = tiny_batches(n)
+    ours, ref = train(m1, make_ours(m1.parameters()), bs), train(m2, make_ref(m2.parameters()), bs, before_ref_step)
+    for a, b, s in zip(ours, ref, start):
+        assert not torch.equal(a, s)
+        E.test_close(a, b)
+
+def decay(lr, wd):
+    def _inner(model):
+        with torch.no_grad():
+            for p in model.parameters(): p.mul_(1 - lr*wd)
+    return _inner
+
+def two_groups(ps):
+    ps = list(ps); return [{'params': ps[:2], 'lr': 0.3}, {'params': ps[2:]}]
+
+adam_stats = lambda: [E.AverageGrad(dampening=True), E.AverageSqrGrad(), E.StepCount()]
+
+# ---------------------------------------------------------------- numerical checks against torch.optim
+def test_sgd_vs_torch():
+    check_vs(lambda ps: E.sgd_opt(ps, lr=0.1), lambda ps: optim.SGD(ps, lr=0.1))
+
+def test_sgd_decoupled_wd_vs_formula():
+    check_vs(lambda ps: E.sgd_opt(ps, lr=0.1, wd=0.05), lambda ps: optim.SGD(ps, lr=0.1), decay(0.1, 0.05))
+
+def test_sgd_momentum_l2_vs_torch_weight_decay():
+    check_vs(lambda ps: E.StatefulOptimizer(ps, [E.l2_reg, E.momentum_step], E.AverageGrad(), lr=0.1, mom=0.9, wd=0.05),
+             lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.05))
+
+def test_sgd_momentum_decoupled_wd_vs_formula():
+    check_vs(lambda ps: E.sgd_mom_opt(ps, lr=0.1, mom=0.9, wd=0.05),
+             lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), decay(0.1, 0.05))
+
+def test_adam_l2_vs_torch_adam():
+    check_vs(lambda ps: E.StatefulOptimizer(ps, [E.l2_reg, E.adam_step], adam_stats(), lr=1e-2, mom=0.9, sqr_mom=0.999,
+                                            eps=1e-8, wd=0.05),
+             lambda ps: optim.Adam(ps, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05))
+
+def test_adamw_vs_torch_adamw():
+    check_vs(lambda ps: E.adam_opt(mom=0.9, sqr_mom=0.999, eps=1e-8, wd=0.05)(ps, lr=1e-2),
+             lambda ps: optim.AdamW(ps, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05))
+
+def test_adam_debias_with_course_defaults():
+    # our defaults (sqr_mom=0.99, eps=1e-5) passed to torch explicitly
+    check_vs(lambda ps: E.adam_opt()(ps, lr=3e-3), lambda ps: optim.AdamW(ps, lr=3e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.))
+
+def test_per_group_hypers_vs_torch():
+    check_vs(lambda ps: E.sgd_mom_opt(two_groups(ps), lr=0.05, mom=0.8), lambda ps: optim.SGD(two_groups(ps), lr=0.05, momentum=0.8))
+    check_vs(lambda ps: E.adam_opt(sqr_mom=0.999, eps=1e-8, wd=0.01)(two_groups(ps), lr=1e-2),
+             lambda ps: optim.AdamW(two_groups(ps), lr=1e-2, eps=1e-8, weight_decay=0.01))
+
+class RefLamb:
+    "LAMB, Algorithm 2 of You et al. 2019, per weight tensor, with norms; phi = clip to 10, ratio 1 when a norm is 0."
+    def __init__(self, params, lr, b1, b2, eps, wd):
+        self.ps, self.lr, self.b1, self.b2, self.eps, self.wd = list(params), lr, b1, b2, eps, wd
+        self.m = [torch.zeros_like(p) for p in self.ps]; self.v = [torch.zeros_like(p) for p in self.ps]; self.t = 0
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        for p, m, v in zip(self.ps, self.m, self.v):
+            g = p.grad
+            m.copy_(self.b1*m + (1 - self.b1)*g); v.copy_(self.b2*v + (1 - self.b2)*g*g)
+            r = (m/(1 - self.b1**self.t)) / ((v/(1 - self.b2**self.t)).sqrt() + self.eps) + self.wd*p
+            wn, rn = torch.linalg.norm(p), torch.linalg.norm(r)
+            ratio = min((wn/rn).item(), 10.) if wn > 0 and rn > 0 else 1.
+            p.sub_(self.lr*ratio*r)
+    def zero_grad(self):
+        for p in self.ps: p.grad = None
+
+def test_lamb_vs_paper():
+    check_vs(lambda ps: E.lamb(ps, lr=1e-2, mom=0.9, sqr_mom=0.999, eps=1e-6, wd=0.01),
+             lambda ps: RefLamb(ps, 1e-2, 0.9, 0.999, 1e-6, 0.01))
+
+def test_lamb_zero_weights_and_clipping():
+    p = torch.zeros(3, requires_grad=True); p.grad = torch.tensor([1., -2., 3.])
+    E.lamb([p], lr=0.1).step()
+    E.test_close(p.detach(), -0.1*torch.tensor([1., -1., 1.]), eps=1e-4)
+    p = torch.full((4,), 100., requires_grad=True); p.grad = torch.ones(4)
+    E.lamb([p], lr=0.01).step()
+    E.test_close(p.detach(), torch.full((4,), 99.9), eps=1e-3)
+
+# ---------------------------------------------------------------- building blocks
+def test_steppers_and_defaults():
+    p = torch.tensor([1., -2.], requires_grad=True); p.grad = torch.tensor([0.5, 0.5])
+    with torch.no_grad():
+        q = p.detach().clone(); q.grad = p.grad.clone(); E.l2_reg(q, lr=0.1, wd=0.5)
+        E.test_close(q.grad, torch.tensor([1.0, -0.5]))
+        E.test_close(E.weight_decay(p.detach().clone(), lr=0.1, wd=0.5), torch.tensor([0.95, -1.9]))
+    d = {'wd': 0.3}
+    E.maybe_update([E.weight_decay, E.adam_step], d, E.get_defaults)
+    assert d == {'wd': 0.3, 'eps': 1e-5}
+    assert E.get_defaults(E.sgd_step) == {}
+
+def test_lin_comb_debias():
+    E.test_close(E.lin_comb(torch.tensor(1.), torch.tensor(3.), 0.25), torch.tensor(2.5))
+    avg = 0.
+    for i in range(1, 8):
+        avg = E.lin_comb(avg, 3.0, 0.9)
+        assert abs(avg / E.debias(0.9, 0.1, i) - 3.0) < 1e-6
+
+def test_param_group_shapes_and_hypers_view():
+    ps = list(tiny_model().parameters())
+    opt = E.sgd_opt([ps[:2], ps[2:]], lr=0.1, wd=0.01)
+    assert [len(pg['params']) for pg in opt.param_groups] == [2, 2]
+    assert all(isinstance(pg, dict) for pg in opt.param_groups)
+    assert opt.hypers == [{'lr': 0.1, 'wd': 0.01}] * 2
+    opt.hypers[0]['lr'] = 0.5
+    assert opt.param_groups[0]['lr'] == 0.5 and opt.param_groups[1]['lr'] == 0.1
+    opt = E.sgd_opt([{'params': ps[:2], 'lr': 0.3}, {'params': ps[2:]}], lr=0.1)
+    assert [h['lr'] for h in opt.hypers] == [0.3, 0.1]
+    opt = E.sgd_opt(iter(ps), lr=0.1)
+    assert len(opt.param_groups) == 1 and all(a is b for a, b in zip(opt.param_groups[0]['params'], ps))
+
+def test_zero_grad_and_skip_missing_grads():
+    m = tiny_model(); opt = E.sgd_opt(m.parameters(), lr=0.1)
+    m(torch.randn(4, 10)).sum().backward()
+    opt.zero_grad(set_to_none=False); assert all((p.grad == 0).all() for p in m.parameters())
+    opt.zero_grad(); assert all(p.grad is None for p in m.parameters())
+    before = [p.detach().clone() for p in m.parameters()]; opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize('make, match', [
+    (lambda ps: E.sgd_opt(ps, lr=-1), 'lr=-1 must be >= 0'),
+    (lambda ps: E.sgd_opt(ps), 'lr is required'),
+    (lambda ps: E.sgd_opt(ps, lr=0.1, wd=-0.1), 'wd=-0.1'),
+    (lambda ps: E.sgd_mom_opt(ps, lr=0.1, mom=1.0), r'mom=1.0 must be in \[0, 1\)'),
+    (lambda ps: E.sgd_mom_opt(ps, lr=0.1, mom=-0.1), 'mom=-0.1'),
+    (lambda ps: E.adam_opt()(ps, lr=0.1, sqr_mom=1.5), 'sqr_mom=1.5'),
+    (lambda ps: E.adam_opt()(ps, lr=0.1, eps=0.), 'eps=0.0 must be > 0'),
+    (lambda ps: E.adam_opt(eps=-1e-8), 'eps'),
+    (lambda ps: E.sgd_mom_opt(ps, lr=0.1, momentum=0.9), "unknown hyper-parameter 'momentum' .*did you mean mom"),
+    (lambda ps: E.sgd_opt(ps, lr=0.1, weight_decay=0.1), "'weight_decay' .*did you mean wd"),
+    (lambda ps: E.adam_opt(mom_sqr=0.99), "'mom_sqr' .*did you mean sqr_mom"),
+    (lambda ps: E.sgd_opt([{'params': ps, 'lr': -0.1}], lr=0.1), 'lr=-0.1'),
+    (lambda ps: E.sgd_opt([], lr=0.1), 'params is empty'),
+    (lambda ps: E.sgd_opt([ps, ps[:1]], lr=0.1), 'twice'),
+])
+def test_bad_hypers_raise_value_error(make, match):
+    with pytest.raises(ValueError, match=match): make(list(tiny_model().parameters()))
+
+def test_bad_value_written_later_is_caught_at_step():
+    m = tiny_model(); opt = E.adam_opt()(m.parameters(), lr=1e-3)
+    m(torch.randn(2, 10)).sum().backward()
+    opt.hypers[0]['mom'] = 1.2
+    with pytest.raises(ValueError, match='mom=1.2'): opt.step()
+
+# ---------------------------------------------------------------- checkpoints
+def test_state_dict_round_trip():
+    bs = tiny_batches(10)
+    def run(m, o, bs):
+        for xb, yb in bs: F.cross_entropy(m(xb), yb).backward(); o.step(); o.zero_grad()
+    for make in (lambda ps: E.adam_opt(wd=0.01)(ps, lr=1e-2), lambda ps: E.sgd_mom_opt(two_groups(ps), lr=0.05, mom=0.9),
+                 lambda ps: E.lamb(ps, lr=1e-2, wd=0.01)):
+        m1 = tiny_model(); o1 = make(m1.parameters()); run(m1, o1, bs[:4])
+        buf = io.BytesIO(); torch.save({'model': m1.state_dict(), 'opt': o1.state_dict()}, buf); buf.seek(0)
+        ck = torch.load(buf)
+        m2 = tiny_model(seed=3); m2.load_state_dict(ck['model'])
+        o2 = make(m2.parameters())
+        for pg in o2.param_groups: pg['lr'] = 1.0                   # must be overwritten by the checkpoint
+        o2.load_state_dict(ck['opt'])
+        assert o2.hypers == o1.hypers
+        run(m1, o1, bs[4:]); run(m2, o2, bs[4:])
+        assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+    with pytest.raises(ValueError, match='param'):
+        E.adam_opt()(list(tiny_model().parameters())[:2], lr=1e-2).load_state_dict(ck['opt'])
+
+# ---------------------------------------------------------------- chapter 05's callbacks, with ours and torch's optimizers
+def blob_data(n=320, seed=0, bs=32):
+    g = torch.Generator().manual_seed(seed)
+    centers = 0.8*torch.randn(3, 10, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = centers[y] + torch.randn(n, 10, generator=g)
+    return E.DataBunch(*E.get_dls(E.Dataset(x[:256], y[:256]), E.Dataset(x[256:], y[256:]), bs), c_in=10, c_out=3)
+
+OPT_FUNCS = {'sgd_opt': E.sgd_opt, 'sgd_mom_opt': E.sgd_mom_opt, 'adam_opt': E.adam_opt(), 'lamb': E.lamb,
+             'torch_sgd': optim.SGD, 'torch_adamw': optim.AdamW}
+
+@pytest.mark.parametrize('name', list(OPT_FUNCS))
+def test_recorder_and_param_scheduler(name):
+    data, sched = blob_data(), E.sched_cos(0.2, 0.01)
+    learn, run = E.get_runner(tiny_model(), data, lr=0.5, opt_func=OPT_FUNCS[name],
+                              cbs=[E.Recorder, partial(E.ParamScheduler, 'lr', sched)])
+    run.logger = lambda *a, **k: None
+    run.fit(2, learn)
+    lrs = run.recorder.lrs[0]; n = len(lrs)
+    assert n == 2*len(data.train_dl) == len(run.recorder.losses)
+    E.test_close(lrs, [sched(i/n) for i in range(n)])
+    E.test_close(learn.opt.param_groups[0]['lr'], lrs[-1])
+
+def test_schedule_momentum():
+    data = blob_data()
+    for opt_func, pname in [(E.sgd_mom_opt, 'mom'), (partial(optim.SGD, momentum=0.9), 'momentum')]:
+        learn, run = E.get_runner(tiny_model(), data, lr=0.1, opt_func=opt_func,
+                                  cbs=[partial(E.ParamScheduler, pname, E.sched_lin(0.95, 0.85))])
+        run.logger = lambda *a, **k: None
+        run.fit(1, learn)
+        n = len(data.train_dl)
+        E.test_close(learn.opt.param_groups[0][pname], E.sched_lin(0.95, 0.85)((n - 1)/n))
+
+@pytest.mark.parametrize('name', ['adam_opt', 'lamb', 'torch_adamw'])
+def test_lr_find(name):
+    m = tiny_model(); start = [p.detach().clone() for p in m.parameters()]
+    learn, run = E.get_runner(m, blob_data(), lr=1e-3, opt_func=OPT_FUNCS[name], cbs=[partial(E.LR_Find, max_iter=30), E.Recorder])
+    run.logger = lambda *a, **k: None
+    run.fit(5, learn)
+    lrs = run.recorder.lrs[0]
+    E.test_close(lrs[0], 1e-6)
+    assert 2 < len(lrs) <= 30 and all(b > a for a, b in zip(lrs, lrs[1:]))
+    assert learn.opt.param_groups[0]['lr'] == 1e-3                       # LR_Find restores the optimizer ...
+    assert all(torch.equal(a, b) for a, b in zip(start, m.parameters()))  # ... and the model
