@@ -2,14 +2,14 @@
 
 Each case checks two things: the error is clear (it names the file or argument and says what to do; we assert on
 substrings of the message), and nothing was lost or left half-done (no partial files or folders, earlier outputs
-unchanged byte for byte, the model still usable). Known gaps are `xfail(strict=True)` with a `BUG:` reason, so the
-suite turns red the day one of them is fixed without the marker being removed.
+unchanged byte for byte, the model still usable). A known gap gets `xfail(strict=True)` with a `BUG:` reason, so the
+suite turns red the day it is fixed without the marker being removed (none at present: every case asserts the fix).
 
 Everything is local: tiny ImageNet-style folders built with PIL in tmp folders, archives built with tarfile, and an
 HTTP server on 127.0.0.1 (ephemeral port, in a thread). Training runs are 1 epoch of 32 px images on the CPU.
 Run: `.venv/bin/pytest tests/test_faults.py` (about a minute on 2 cores).
 """
-import errno, hashlib, http.server, os, shutil, threading, warnings
+import errno, hashlib, http.server, json, os, shutil, threading
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ def tiny(tmp_path_factory):
 def run_a(tiny, tmp_path_factory):
     "One complete training run (draft CNN, 2 classes); tests that change it work on a copy."
     out = train(tiny, out=tmp_path_factory.mktemp('runs') / 'a', **TRAIN_KW)
-    assert sorted(p.name for p in out.iterdir()) == ['config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
+    assert sorted(p.name for p in out.iterdir()) == ['checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
     return out
 
 
@@ -140,7 +140,8 @@ def test_unreadable_image_is_named_and_skippable(kind, tmp_path, run_a):
     assert skipped.items == [d / 'good.jpg'] and skipped[0].shape == (3, 16, 16)
     # exp-predict names the file too, and the run folder is not touched
     run_before = snapshot(run_a)
-    with pytest.raises(ValueError, match=f"cannot read image '{bad}'"): predict([d / 'good.jpg', bad], run_a)
+    with pytest.raises(ValueError, match=f"cannot read image '{bad}'.*Replace it with a readable image file or leave it out"):
+        predict([d / 'good.jpg', bad], run_a)
     assert snapshot(run_a) == run_before and snapshot(d) == before            # nothing deleted or rewritten
 
 
@@ -186,20 +187,33 @@ def test_empty_class_folder_with_validation_images(tmp_path):
     "train/<cls> exists but is empty while val/<cls> has images: the class can never be learnt."
     root = make_folder(tmp_path / 'd')
     for f in (root / 'train' / 'bee').iterdir(): f.unlink()
-    with pytest.raises(ValueError) as e: folder_databunch(root, size=16, bs=2, num_workers=0)
-    assert "'bee' is not in the vocabulary" in str(e.value) and 'a class needs training examples' in str(e.value)
+    with pytest.raises(FileNotFoundError) as e: folder_databunch(root, size=16, bs=2, num_workers=0)
+    assert f"{root / 'train' / 'bee'} hold no image files" in str(e.value) and 'every class needs training images' in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an empty class folder (train/<cls>/ and val/<cls>/ with no images) is silently "
-                                       "dropped: folder_databunch trains with one class fewer and neither warns nor raises")
-def test_empty_class_folder_is_reported(tmp_path):
+@pytest.mark.parametrize('pipeline', ['per-item', 'fast'])
+def test_empty_class_folder_is_reported(pipeline, tmp_path, capsys):
+    "An empty class folder (train/<cls>/ and val/<cls>/, no images) is an error naming it, not a silently dropped class."
     root = make_folder(tmp_path / 'd')
     (root / 'train' / 'empty_cls').mkdir(); (root / 'val' / 'empty_cls').mkdir()
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter('always')
-        try: folder_databunch(root, size=16, bs=2, num_workers=0); err = ''
-        except Exception as e: err = str(e)
-    assert 'empty_cls' in err + ' '.join(str(m.message) for m in w)
+    (root / 'train' / 'empty_cls' / 'notes.txt').write_text('not an image')
+    with pytest.raises(FileNotFoundError) as e:
+        folder_databunch(root, size=16, bs=2, num_workers=0, pipeline=pipeline, device='cpu')
+    msg = str(e.value)
+    assert str(root / 'train' / 'empty_cls') in msg and 'hold no image files' in msg and 'delete the folder' in msg
+    out = tmp_path / 'run'
+    err = cli_error(capsys, ['--data', root, '--out', out, *CLI_ARGS, '--pipeline', pipeline])
+    assert 'argument --data' in err and str(root / 'train' / 'empty_cls') in err
+    assert not out.exists() and not (root / '.exp-cache').exists()             # nothing created on the way
+
+
+def test_empty_validation_class_folder_warns(tmp_path):
+    "A class with training images but an empty val/<cls>/ trains (a warning names the folder): its accuracy is just not measured."
+    root = make_folder(tmp_path / 'd')
+    for f in (root / 'val' / 'bee').iterdir(): f.unlink()
+    with pytest.warns(UserWarning, match=f"{root / 'val' / 'bee'} holds no image files"):
+        data = folder_databunch(root, size=16, bs=2, num_workers=0)
+    assert data.vocab == list(CLASSES) and data.n_valid == 2
 
 
 def test_validation_class_not_in_training(tmp_path, capsys):
@@ -218,11 +232,12 @@ def test_no_images_at_all(tmp_path, capsys):
     for split in ('train', 'val'): (root / split / 'ant').mkdir(parents=True)
     (root / 'train' / 'ant' / 'notes.txt').write_text('not an image')
     with pytest.raises(FileNotFoundError) as e: folder_databunch(root, size=16, bs=2, num_workers=0)
-    assert 'No files with extensions' in str(e.value) and str(root) in str(e.value) and '.jpg' in str(e.value)
+    msg = str(e.value)
+    assert f"{root / 'train' / 'ant'} hold no image files" in msg and '.jpg' in msg and "Put the class's images there" in msg
     out = tmp_path / 'run'
-    with pytest.raises(FileNotFoundError, match='No files with extensions'):
-        main(['--data', str(root), '--out', str(out), *CLI_ARGS])
-    assert absent_or_empty(out)
+    err = cli_error(capsys, ['--data', root, '--out', out, *CLI_ARGS])
+    assert 'argument --data' in err and 'hold no image files' in err and "Put the class's images there" in err
+    assert not out.exists()
     bare = tmp_path / 'bare'; (bare / 'train').mkdir(parents=True); (bare / 'val').mkdir()   # no class folders at all
     err = cli_error(capsys, ['--data', bare, '--out', out, *CLI_ARGS])
     assert 'argument --data' in err and f"{bare / 'train'} holds no class folders" in err and '<class>/<image files>' in err
@@ -362,8 +377,9 @@ def test_keyboard_interrupt_during_train_leaves_no_partial_file(tiny, tmp_path, 
     real_build = nb10.build_learner
     monkeypatch.setattr(nb10, 'build_learner', build_with_ctrl_c)
     data_before, out = snapshot(tiny), tmp_path / 'run'
-    with pytest.raises(KeyboardInterrupt): train(tiny, out=out, **TRAIN_KW)
+    with pytest.raises(KeyboardInterrupt) as e: train(tiny, out=out, **TRAIN_KW)
     assert not (out / 'model.pt').exists() and leftovers(out) == []         # no half-written model.pt or temp file
+    assert not out.exists() and 'was removed' in ' '.join(e.value.__notes__)  # no epoch finished: nothing kept
     assert snapshot(tiny) == data_before and seen['run'].learn is None
     m = seen['learn'].model.eval()
     assert m(torch.randn(1, 3, 32, 32)).isfinite().all()
@@ -387,9 +403,10 @@ def test_bad_hyperparameters_cli(args, msg, tiny, tmp_path, capsys):
 @pytest.mark.parametrize('kwargs, exc, msg', [
     (dict(lr=-0.1), ValueError, 'lr must be > 0, got -0.1'),
     (dict(bs=0), ValueError, 'bs must be a positive int, got 0'),
-    pytest.param(dict(epochs=0), ValueError, 'epochs must be a positive int, got 0', marks=pytest.mark.xfail(strict=True,
-        reason="BUG: train(epochs=0) creates the run folder and writes config.json before Runner.fit rejects epochs, "
-               "leaving a half-done run folder that a retry with the same out= then refuses")),
+    (dict(epochs=0), ValueError, 'epochs must be a positive int, got 0'),
+    (dict(size=-3), ValueError, 'size must be a positive int, got -3'),
+    (dict(workers=-1), ValueError, 'workers must be None or an int >= 0'),
+    (dict(pipeline='turbo'), ValueError, 'pipeline must be one of auto, per-item, fast'),
     (dict(tricks='mixup,dropout'), ValueError, "unknown trick(s) 'dropout'"),
     (dict(arch='vgg16'), ValueError, "unknown arch 'vgg16': choose one of draft-cnn"),
 ])
@@ -397,7 +414,7 @@ def test_bad_hyperparameters_api(kwargs, exc, msg, tiny, tmp_path):
     out = tmp_path / 'run'
     with pytest.raises(exc) as e: train(tiny, out=out, **{**TRAIN_KW, **kwargs})
     assert msg in str(e.value)
-    assert absent_or_empty(out)
+    assert not out.exists()                                                   # validated before anything is created
 
 
 def test_bad_hyperparameters_library():
@@ -419,12 +436,11 @@ def _checkpoint(kind, info, good):
     if kind == 'truncated': return good[:len(good) // 2]
 
 
-@pytest.mark.parametrize('kind', [
-    'missing',
-    *[pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=f"BUG: load_run on an incompatible model.pt ({k}) "
-      "raises torch's own error (RuntimeError 'Error(s) in loading state_dict' / KeyError 'arch' / RuntimeError "
-      "'PytorchStreamReader failed reading zip archive') without naming the model.pt file or saying what to do"))
-      for k in ('other_arch', 'other_class_count', 'bare_state_dict', 'truncated')]])
+INCOMPATIBLE = {'missing': 'not found', 'other_arch': 'does not fit its own description', 'other_class_count': '(2, 256) in the checkpoint vs (3, 256)',
+                'bare_state_dict': 'is a bare state_dict', 'truncated': 'truncated, damaged or not a torch file'}
+
+
+@pytest.mark.parametrize('kind', list(INCOMPATIBLE))
 def test_incompatible_checkpoint(kind, run_a, tmp_path):
     run = tmp_path / 'run_b'; run.mkdir()
     good = (run_a / 'model.pt').read_bytes()
@@ -432,9 +448,11 @@ def test_incompatible_checkpoint(kind, run_a, tmp_path):
     if isinstance(ck, bytes): (run / 'model.pt').write_bytes(ck)
     elif ck is not None: torch.save(ck, run / 'model.pt')
     before, a_before = snapshot(run), snapshot(run_a)
-    with pytest.raises((FileNotFoundError, ValueError, RuntimeError, KeyError, OSError)) as e: load_run(run)
+    with pytest.raises((FileNotFoundError, ValueError)) as e: load_run(run)
     assert str(run / 'model.pt') in str(e.value)                              # names the file ...
     assert 'run folder' in str(e.value) or 'exp-train' in str(e.value)       # ... and what it should be
+    assert INCOMPATIBLE[kind] in str(e.value)                                 # ... and what is wrong
+    with pytest.raises((FileNotFoundError, ValueError), match='model.pt'): predict([run_a.parent / 'x.jpg'], run)
     assert snapshot(run) == before and snapshot(run_a) == a_before           # nothing rewritten
     model, info = load_run(run_a)                                            # the good run still loads and predicts
     assert info['vocab'] == list(CLASSES) and not model.training
@@ -446,22 +464,17 @@ def _readonly_check(tiny, ro, capsys):
     text = failure_text(lambda: main(['--data', str(tiny), '--out', str(out), *CLI_ARGS]), capsys)
     assert not out.exists() and absent_or_empty(ro)
     assert str(out) in text and '--out' in text, text                         # names the folder and the option to change
+    assert 'Traceback' not in text and 'argument --out' in text
 
 
 @pytest.mark.skipif(os.name != 'posix' or os.geteuid() == 0,
                     reason='running as root: a chmod-read-only folder is still writable; see the monkeypatched variant')
-@pytest.mark.xfail(strict=True, reason="BUG: an unwritable --out parent gives a raw PermissionError traceback from "
-                                       "prepare_run_dir's mkdir ('[Errno 13] Permission denied: <path>'), not an "
-                                       "'argument --out: ... not writable' error")
 def test_read_only_output_folder_chmod(tiny, tmp_path, capsys):
     ro = tmp_path / 'ro'; ro.mkdir(); ro.chmod(0o555)
     try: _readonly_check(tiny, ro, capsys)
     finally: ro.chmod(0o755)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unwritable --out parent gives a raw PermissionError traceback from "
-                                       "prepare_run_dir's mkdir ('[Errno 13] Permission denied: <path>'), not an "
-                                       "'argument --out: ... not writable' error")
 def test_read_only_output_folder_simulated(tiny, tmp_path, capsys, monkeypatch):
     ro = tmp_path / 'ro'; ro.mkdir()
     real_mkdir, real_mkstemp = os.mkdir, nb10.tempfile.mkstemp
@@ -475,6 +488,9 @@ def test_read_only_output_folder_simulated(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, 'mkdir', mkdir)
     monkeypatch.setattr(nb10.tempfile, 'mkstemp', mkstemp)
     _readonly_check(tiny, ro, capsys)
+    with pytest.raises(PermissionError) as e: train(tiny, out=ro / 'run', **TRAIN_KW)     # the API: same check, same words
+    assert str(ro / 'run') in str(e.value) and '--out' in str(e.value) and e.value.errno == errno.EACCES
+    assert absent_or_empty(ro)
 
 
 class FullDisk:
@@ -508,12 +524,20 @@ def test_full_output_folder_leaves_no_partial_file(target, run_a, tmp_path, full
     assert info['vocab'] == list(CLASSES)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a full disk while saving a run file surfaces as a bare "
-                                       "'[Errno 28] No space left on device' that names neither the file nor the fix")
 def test_full_output_folder_message_names_file(run_a, tmp_path, full_disk):
     run = Path(shutil.copytree(run_a, tmp_path / 'run'))
     with pytest.raises(OSError) as e: atomic_save({'state_dict': {}}, run / 'model.pt')
-    assert str(run / 'model.pt') in str(e.value) and 'space' in str(e.value)
+    assert str(run / 'model.pt') in str(e.value) and 'No space left on device' in str(e.value)
+    assert e.value.errno == errno.ENOSPC and 'Free some disk space' in str(e.value)   # errno kept, the fix given
+
+
+def test_full_disk_during_training_cli(tiny, tmp_path, full_disk, capsys):
+    "exp-train on a full disk: exit status 1 and one message naming the file (no traceback); no epoch finished, no folder."
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as e: main(['--data', str(tiny), '--out', str(out), *CLI_ARGS])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and 'No space left on device while writing' in err and str(out) in err
+    assert 'Traceback' not in err and not out.exists()
 
 
 # ======================================================================================= 22. second run, same folder
@@ -539,7 +563,7 @@ def failed_run(tmp_path_factory):
     bad.write_bytes(bad.read_bytes()[:300])
     before = snapshot(root)
     out = tmp_path_factory.mktemp('failed') / 'run'
-    with pytest.raises(ValueError) as e: train(root, out=out, **TRAIN_KW)
+    with pytest.raises(ValueError) as e: train(root, out=out, **{**TRAIN_KW, 'pipeline': 'per-item'})   # fails mid-epoch 1
     return e.value, out, bad, before, root
 
 
@@ -550,10 +574,47 @@ def test_corrupt_image_during_training_is_named(failed_run):
     assert snapshot(root) == before                                          # the data set is not modified
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: train() writes config.json (and metrics of finished epochs) into the new run "
-                                       "folder before training succeeds; when it then fails (here: a truncated JPEG met "
-                                       "mid-epoch) the half-done folder stays, without model.pt, and a retry with the same "
-                                       "--out is refused as 'not empty'")
-def test_failed_training_leaves_no_half_done_run_folder(failed_run):
+def test_failed_training_leaves_no_half_done_run_folder(failed_run, tiny):
+    "No epoch finished: the folder held nothing to resume, so it is removed and the same out= works for the next try."
     exc, out, bad, before, root = failed_run
-    assert absent_or_empty(out), sorted(p.name for p in out.iterdir())
+    assert not out.exists() and 'was removed: the same --out can be used again' in ' '.join(exc.__notes__)
+    assert train(tiny, out=out, **TRAIN_KW) == out and (out / 'model.pt').is_file()
+
+
+@pytest.mark.parametrize('exc', [KeyboardInterrupt, RuntimeError])
+def test_failure_after_a_finished_epoch_is_resumable(exc, tiny, tmp_path, capsys):
+    "Epoch 1 of 2 finished, epoch 2 fails: the folder is kept and the error says how to continue; resuming finishes the run."
+    from test_runner import Raiser
+    out = tmp_path / 'run'
+    with pytest.raises(exc) as e: train(tiny, out=out, cbs=[Raiser(exc, 'after_pred', epoch=1, it=0)], **{**TRAIN_KW, 'epochs': 2})
+    hint = f'continue with `exp-train --resume {out}`'
+    assert hint in ' '.join(e.value.__notes__) and hint in capsys.readouterr().err
+    assert (out / 'checkpoint.pt').is_file() and not (out / 'model.pt').exists()
+    assert nb10.resume_train(out, device='cpu', workers=0, progress=False) == out
+    assert [r['epoch'] for r in json.loads((out / 'metrics.json').read_text())] == [1, 2]
+
+
+
+def test_failure_writing_model_after_training_keeps_weights(tiny, tmp_path, monkeypatch):
+    "Every epoch done, then model.pt cannot be written: the folder keeps checkpoint.pt and the note does not suggest --resume."
+    real = nb10.atomic_save
+    def save(obj, path):
+        if Path(path).name == 'model.pt': raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(obj, path)
+    monkeypatch.setattr(nb10, 'atomic_save', save)
+    out = tmp_path / 'run'
+    with pytest.raises(OSError) as e: train(tiny, out=out, **TRAIN_KW)
+    notes = ' '.join(e.value.__notes__)
+    assert 'all 1 epochs finished' in notes and 'checkpoint.pt' in notes and '--resume' not in notes
+    assert nb10.read_checkpoint(out / 'checkpoint.pt')['epoch'] == 1 and not (out / 'model.pt').exists()
+
+@pytest.mark.parametrize('pipeline', ['per-item', 'fast'])
+def test_corrupt_image_cli_message(pipeline, failed_run, tmp_path, capsys):
+    "exp-train names the unreadable file and says to delete or replace it, without an ImageList option a CLI user cannot pass."
+    exc, _, bad, before, root = failed_run
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as e: main(['--data', str(root), '--out', str(out), *CLI_ARGS, '--pipeline', pipeline])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f'cannot read the image file {bad}' in err and 'Delete it, or replace it' in err
+    assert 'on_error' not in err and 'Traceback' not in err and not out.exists()
+    assert snapshot(root) == before

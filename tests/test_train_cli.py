@@ -1,5 +1,5 @@
 """End-to-end tests of `exp-train` / `exp-predict` (exp.nb_10) on a tiny generated ImageNet-style folder, CPU only."""
-import json, os, subprocess, sys
+import json, os, socket, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ def run_dir(folder, tmp_path_factory):
 
 
 def test_run_folder(run_dir):
-    assert sorted(f.name for f in run_dir.iterdir()) == ['config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
+    assert sorted(f.name for f in run_dir.iterdir()) == ['checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
     rows = json.loads((run_dir / 'metrics.json').read_text())
     assert len(rows) == 1 and set(rows[0]) == {'epoch', 'train_loss', 'train_acc', 'valid_loss', 'valid_acc', 'lr', 'seconds'}
     assert 0 <= rows[0]['valid_acc'] <= 1 and np.isfinite(rows[0]['train_loss'])
@@ -54,13 +54,15 @@ def test_run_folder(run_dir):
     cfg = json.loads((run_dir / 'config.json').read_text())
     assert (cfg['size'], cfg['epochs'], cfg['bs'], cfg['n_train'], cfg['n_valid']) == (32, 1, 8, 24, 12)
     assert cfg['vocab'] == list(CLASSES) and cfg['recipe']['arch'] == 'xresnet18'
+    assert cfg['args']['epochs'] == 1 and cfg['args']['data'] == str(Path(cfg['data']))   # what --resume reads
+    assert cfg['pipeline'] == cfg['args']['pipeline'] == 'fast'                              # --pipeline auto = fast
     assert (run_dir / 'plot.png').read_bytes()[:4] == b'\x89PNG'
     assert not list(run_dir.glob('.*.tmp'))                      # no temp files left behind
 
 
 def test_model_loads_weights_only(run_dir):
     ck = torch.load(run_dir / 'model.pt', weights_only=True)
-    assert (ck['arch'], ck['size'], ck['vocab']) == ('xresnet18', 32, list(CLASSES))
+    assert (ck['arch'], ck['size'], ck['vocab'], ck['pipeline']) == ('xresnet18', 32, list(CLASSES), 'fast')
     assert len(ck['mean']) == len(ck['std']) == 3
     from exp.nb_10 import make_model
     m = make_model(ck['arch'], 3, len(ck['vocab']), bcd=ck['bcd'])
@@ -82,6 +84,38 @@ def test_predict_cli(run_dir, folder):
     from exp.nb_10 import predict_main
     (path, cls, prob), = predict_main([str(run_dir), str(img)])
     assert path == str(img) and cls in CLASSES and 0 < prob <= 1
+
+
+@pytest.mark.parametrize('pipeline', ['fast', 'per-item'])
+def test_pipeline_option(pipeline, folder, tmp_path):
+    "--pipeline fast (cache in --cache-dir) and per-item both train; the choice is saved in config.json and model.pt."
+    out, cache = tmp_path / 'run', tmp_path / 'cache'
+    p = _run('--data', folder, '--epochs', '1', '--size', '32', '--bs', '8', '--workers', '0', '--device', 'cpu',
+             '--arch', 'draft-cnn', '--pipeline', pipeline, '--cache-dir', cache, '--out', out, '--no-progress')
+    assert p.returncode == 0, p.stderr[-3000:]
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['pipeline'] == cfg['args']['pipeline'] == pipeline and (cfg['n_train'], cfg['n_valid']) == (24, 12)
+    assert torch.load(out / 'model.pt', weights_only=True)['pipeline'] == pipeline
+    assert len(list(cache.glob('*.pt'))) == (2 if pipeline == 'fast' else 0)   # one cache file per split, in --cache-dir
+    assert 0 <= json.loads((out / 'metrics.json').read_text())[0]['valid_acc'] <= 1
+
+
+def test_pipelines_normalise_once(folder, tmp_path):
+    "The batch the model sees is normalised exactly once in both pipelines: about N(0, 1) per channel, never twice."
+    from exp.nb_10 import folder_databunch, build_learner, get_batch, BatchTransformXCallback, DRAFT, norm_imagenette
+    stats = {}
+    for pipeline in ('per-item', 'fast'):
+        data = folder_databunch(folder, size=32, bs=24, num_workers=0, pipeline=pipeline, device='cpu', cache_dir=tmp_path)
+        learn, run = build_learner(data, DRAFT, device='cpu')
+        run.learn = learn
+        xb = get_batch(data.valid_dl, run)[0]
+        stats[pipeline] = xb.mean((0, 2, 3)), xb.std((0, 2, 3))
+        assert sum(isinstance(c, BatchTransformXCallback) for c in run.cbs) == (pipeline == 'per-item')
+    for m, s in stats.values():
+        assert m.abs().max() < 1.2 and ((s > 0.3) & (s < 2)).all(), (m, s)     # twice: mean ~ -1.7, std ~ 3.7
+    # same images, same statistics: the two pipelines agree on the normalisation (validation: squash vs centre square)
+    assert (stats['fast'][0] - stats['per-item'][0]).abs().max() < 0.2
+    with pytest.raises(ValueError, match='normalise them twice'): build_learner(data, DRAFT, norm=norm_imagenette)
 
 
 def _cli_error(capsys, argv):
@@ -118,3 +152,72 @@ def test_existing_run_folder_is_refused(run_dir, folder):
     p = _run('--data', folder, '--out', run_dir, timeout=60)
     assert p.returncode == 2 and 'not empty' in p.stderr and '--out' in p.stderr
     assert {f.name: f.stat().st_mtime_ns for f in run_dir.iterdir()} == before   # untouched
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Resuming and torchrun
+TINY = ['--epochs', '2', '--size', '32', '--bs', '8', '--workers', '0', '--device', 'cpu', '--no-progress']
+
+STOP_AFTER_EPOCH_1 = """
+import sys
+from pathlib import Path
+from exp.nb_10 import *
+class CtrlCAfterFirstEpoch(Callback):
+    "Raise KeyboardInterrupt (what Ctrl-C raises) once epoch 1 of 2 is done and CheckpointCallback (order 20) has saved it."
+    order = 30
+    def after_epoch(self):
+        if self.epoch == 0: raise KeyboardInterrupt
+try: train(Path(sys.argv[1]), 32, 2, 8, None, 'draft-cnn', 'all', 'cpu', 0, 0, Path(sys.argv[2]), None, False, cbs=[CtrlCAfterFirstEpoch()])
+except KeyboardInterrupt: print('interrupted')
+"""
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='2')
+
+
+def test_resume_matches_uninterrupted_run(folder, tmp_path, capsys):
+    "A 2-epoch run stopped by KeyboardInterrupt after epoch 1, resumed with `--resume`, ends like the run done in one go."
+    whole, cut = tmp_path / 'whole', tmp_path / 'cut'
+    p = _run('--data', folder, *TINY, '--arch', 'draft-cnn', '--out', whole)   # every trick on: mixup's draws must be restored
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = subprocess.run([sys.executable, '-c', STOP_AFTER_EPOCH_1, str(folder), str(cut)], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and 'interrupted' in p.stdout, p.stderr[-3000:]
+    assert len(json.loads((cut / 'metrics.json').read_text())) == 1 and not (cut / 'model.pt').exists()
+    err = _cli_error(capsys, ['--resume', cut, '--epochs', '3'])                  # a setting that differs from the run's
+    assert '--epochs 3 conflict(s)' in err and 'epochs=2' in err
+    assert json.loads((cut / 'config.json').read_text())['args']['pipeline'] == 'fast'   # resumed with its own pipeline
+    err = _cli_error(capsys, ['--resume', cut, '--pipeline', 'per-item'])
+    assert '--pipeline per-item conflict(s)' in err and "pipeline='fast'" in err
+    p = _run('--resume', cut, '--no-progress', '--epochs', '2')                  # the same value is not a conflict
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = [json.loads((d / 'metrics.json').read_text()) for d in (whole, cut)]
+    assert [r['epoch'] for r in b] == [1, 2]
+    for ra, rb in zip(a, b):
+        for k in ('train_loss', 'train_acc', 'valid_loss', 'valid_acc', 'lr'):
+            assert abs(ra[k] - rb[k]) <= 1e-4 * max(1., abs(ra[k])), (k, ra, rb)
+    wa, wb = [torch.load(d / 'model.pt', weights_only=True)['state_dict'] for d in (whole, cut)]
+    for k in wa: torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-4)
+    assert 'nothing to resume' in _cli_error(capsys, ['--resume', cut])         # both epochs are done now
+    assert 'argument --resume' in (e := _cli_error(capsys, ['--resume', tmp_path / 'nope'])) and 'no such folder' in e
+
+
+def test_torchrun_two_processes(folder, tmp_path):
+    "torchrun with 2 CPU processes (gloo): one run folder, written by rank 0 only, and one 'run saved' line."
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    out = tmp_path / 'ddp'
+    env = {k: v for k, v in _env().items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
+                        f'--master_port={port}', '-m', 'exp.nb_10', '--data', str(folder), '--arch', 'draft-cnn',
+                        *TINY, '--out', str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert p.stdout.count('run saved to') == 1
+    assert sorted(f.name for f in out.iterdir()) == ['checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
+    cfg = json.loads((out / 'config.json').read_text())
+    rows = json.loads((out / 'metrics.json').read_text())
+    assert cfg['world_size'] == 2 and len(rows) == 2 and all(0 <= r['valid_acc'] <= 1 for r in rows)
+    assert cfg['pipeline'] == 'per-item'                                         # auto under torchrun: DataLoaders to shard
+    from exp.nb_10 import read_checkpoint
+    ck = read_checkpoint(out / 'checkpoint.pt')
+    assert ck['epoch'] == 2 and len(ck['rng']) == 2                             # both ranks' random states

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The GPU benchmark (issue "Speed"): one command on a GPU machine that has torch + torchvision but no internet.
+# From the repo root, with wheels in .whl/ (execnb stack not needed; fastai 2.8.12, fastcore, fasttransform, fastdownload,
+# plum-dispatch, beartype, fastprogress<1.1 — fetch them here with tests/gpu/fetch_wheels.sh) and the WebP archive in
+# .gpu/imagenette2-160-webp75.tgz (57 MB):   bash tests/gpu/run_gpu.sh [OUT_DIR]
+# Prints one table: exp vs fastai (5 epochs, 128 px, wall seconds from process start to final metric, accuracy),
+# exp's train img/s against the model-only ceiling, and the data pipeline's img/s (per-item vs fast path).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-${OUT:-/tmp/exp-gpu-bench}}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1
+# The WebP copy stands in for imagenette2-160.tgz: same images and split, smaller (image_extensions lists .webp).
+mkdir -p /tmp/mirror && ln -sf "$PWD/.gpu/imagenette2-160-webp75.tgz" /tmp/mirror/imagenette2-160.tgz
+export EXP_DATA_MIRROR=/tmp/mirror EXP_DATA=/tmp/exp-data
+python3 -c "from exp.nb_01 import *; print(untar_data(URLs.IMAGENETTE_160))"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 tests/gpu/bench_gpu.py --out "$OUT" 2>&1 | tee "$OUT/bench_gpu.log"
