@@ -57,13 +57,19 @@ def data_env():
     return env
 
 
-def git_diff_clean(paths, what):
-    "Fail when `git status` shows changes under `paths` (only inside a git checkout)."
-    if not (ROOT / '.git').exists(): return say(f'not a git checkout: skipping the {what} check')
-    r = subprocess.run(['git', 'status', '--porcelain', '--', *paths], cwd=ROOT, capture_output=True, text=True)
-    if r.stdout.strip():
-        subprocess.run(['git', '--no-pager', 'diff', '--stat', '--', *paths], cwd=ROOT)
-        sys.exit(f'[dev] {what}: these files changed:\n{r.stdout}')
+def snapshot(folder, pattern):
+    "The contents of the files matching `pattern` in `folder`, by name."
+    return {p.name: p.read_bytes() for p in sorted((ROOT / folder).glob(pattern))}
+
+
+def check_unchanged(cmd, folder, pattern, what, env):
+    "Run `cmd` (a generator such as nbdev_export) and fail when it changed any `folder/pattern` file."
+    before = snapshot(folder, pattern)
+    sh(*cmd, env=env)
+    after = snapshot(folder, pattern)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed: sys.exit(f'[dev] {what}: {", ".join(f"{folder}/{c}" for c in changed)} changed. '
+                         f'They now hold the regenerated version: review them (git diff) and commit.')
     say(f'{what}: no changes')
 
 
@@ -71,14 +77,10 @@ def test(args):
     "Export drift, nbdev_clean drift, pytest, every notebook under nbdev_test."
     env = data_env()
     t0 = time.time()
-    dirty_before = subprocess.run(['git', 'status', '--porcelain', '--', 'exp', 'nbs'], cwd=ROOT, capture_output=True,
-                                  text=True).stdout.strip() if (ROOT / '.git').exists() else ''
-    if dirty_before: say('exp/ or nbs/ have uncommitted changes: drift checks compare against them as they are')
-    if not dirty_before:
-        sh(BIN / 'nbdev_export', env=env)
-        git_diff_clean(['exp'], 'export drift (nbdev_export vs committed exp/)')
-        sh(BIN / 'nbdev_clean', env=env)
-        git_diff_clean(['nbs'], 'nbdev_clean drift (notebooks carry volatile metadata)')
+    # exp/ must be exactly what nbdev_export makes of nbs/ (a hand edit or a stale module fails here), and
+    # notebooks must already be clean of volatile metadata.
+    check_unchanged([BIN / 'nbdev_export'], 'exp', '*.py', 'export drift (exp/ vs nbdev_export of nbs/)', env)
+    check_unchanged([BIN / 'nbdev_clean'], 'nbs', '*.ipynb', 'nbdev_clean drift (volatile notebook metadata)', env)
     r = sh(PY, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests', *args, check=False, env=env)
     if r.returncode == 5: sys.exit('[dev] pytest collected no tests: the tests/ folder lost its tests')
     if r.returncode: sys.exit(f'[dev] pytest failed ({r.returncode})')
