@@ -16,7 +16,7 @@ __all__ = ['PIPELINES', 'norm_types', 'ARCHS', 'TRICKS', 'DRAFT', 'BAG', 'DistEn
            'CheckpointCallback', 'resume_config', 'cannot_create', 'check_run_dir', 'prepare_run_dir', 'RunLogger',
            'plot_run', 'check_train_args', 'settle_failed_run', 'train', 'resume_train', 'read_model_file', 'load_run',
            'predict_tfms', 'predict', 'positive', 'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main',
-           'predict_main', 'find_settings', 'nb_auto_export']
+           'predict_main', 'train_cli', 'predict_cli', 'find_settings', 'nb_auto_export']
 
 # %% ../nbs/10_bag_of_tricks.ipynb #0f91ba1f
 from .nb_09 import *
@@ -1250,6 +1250,14 @@ def predict_main(argv=None):
     except (FileNotFoundError, ValueError) as e: p.error(str(e))
     for path, cls, prob in res: print(f"{path}\t{cls}\t{prob:.4f}")
     return res
+
+def train_cli():
+    "Console entry point `exp-train`: run `main` on sys.argv; exit status 0 on success, non-zero with a message on errors."
+    main()
+
+def predict_cli():
+    "Console entry point `exp-predict`: run `predict_main` on sys.argv; exit status 0 on success."
+    predict_main()
 
 # %% ../nbs/10_bag_of_tricks.ipynb #2e6fcec4
 def find_settings(start='.'):

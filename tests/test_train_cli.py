@@ -86,6 +86,18 @@ def test_predict_cli(run_dir, folder):
     assert path == str(img) and cls in CLASSES and 0 < prob <= 1
 
 
+def test_console_scripts_exit_zero(run_dir, folder):
+    "The installed `exp-predict` prints one line per image and exits 0; `exp-train` exits 2 on a bad argument."
+    bindir = Path(sys.executable).parent
+    if not (bindir / 'exp-predict').exists(): pytest.skip('console scripts not installed in this environment (pip install -e .)')
+    img = sorted((folder / 'val' / 'dog').glob('*.jpg'))[0]
+    r = subprocess.run([str(bindir / 'exp-predict'), str(run_dir), str(img)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().split('\t')[0] == str(img) and len(r.stdout.strip().splitlines()) == 1
+    r = subprocess.run([str(bindir / 'exp-train'), '--bs', '0'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and '--bs' in r.stderr
+
+
 @pytest.mark.parametrize('pipeline', ['fast', 'per-item'])
 def test_pipeline_option(pipeline, folder, tmp_path):
     "--pipeline fast (cache in --cache-dir) and per-item both train; the choice is saved in config.json and model.pt."
