@@ -491,10 +491,14 @@ class TensorBatchLoader:
         self.device = torch.device(device) if device is not None else x.device
         self.x = x.pin_memory() if self.device.type == 'cuda' and x.device.type == 'cpu' else x
         self.y = torch.as_tensor(y).to(self.device)
-        self.bs, self.size, self.train, self.scale, self.channels_last = bs, size, train, scale, channels_last
+        self.bs, self.size, self.train, self.crop_scale, self.channels_last = bs, size, train, scale, channels_last
         self.drop_last = train if drop_last is None else drop_last
-        stat = lambda s: None if s is None else torch.tensor(s, device=self.device).view(1, -1, 1, 1)   # (c,) -> (1, c, 1, 1)
-        self.mean, self.std = stat(mean), stat(std)
+        # x/255 then (x - mean)/std is one per-channel affine map x*scale - shift, applied after the crop: bilinear
+        # sampling mixes pixels with weights summing to 1, so it commutes with such a map, and the cropped batch is smaller.
+        m = torch.zeros(1, 1, 1, 1) if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (c,) -> (1, c, 1, 1)
+        s = torch.ones(1, 1, 1, 1) if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale, self.shift = (1 / (255 * s)).to(self.device), (m / s).to(self.device)
+        self.mean, self.std = mean, std                                           # None: batches stay in [0, 1]
         self.gen = torch.Generator()
         self.gen.manual_seed(torch.initial_seed() if seed is None else seed)
 
@@ -504,9 +508,9 @@ class TensorBatchLoader:
 
     def batch(self, idx):
         "The batch of the items at `idx`: gathered, copied to the device, converted, augmented and normalised."
-        xb = self.x[idx.to(self.x.device)].to(self.device, non_blocking=True).float().div_(255)
-        xb = batch_random_resized_crop(xb, self.size, self.scale) if self.train else batch_resize(xb, self.size)
-        if self.mean is not None: xb = (xb - self.mean) / self.std
+        xb = self.x[idx.to(self.x.device)].to(self.device, non_blocking=True).float()              # 0..255
+        xb = batch_random_resized_crop(xb, self.size, self.crop_scale) if self.train else batch_resize(xb, self.size)
+        xb = xb.mul_(self.scale).sub_(self.shift)                                                    # to [0, 1], normalised
         if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, self.y[idx.to(self.y.device)]
 
