@@ -7,7 +7,7 @@ read once per epoch). Runs are interleaved (the order alternates each repeat) af
 script prints a table of seconds and the Runner/bare ratio (goal: <= 1.05). It asserts nothing about timing; it does
 check that both loops end with bit-identical weights.
 
-    python tests/bench_runner.py            # full: 6000 train / 2000 valid images, 2 epochs, 5 repeats
+    python tests/bench_runner.py            # full: 30000 train / 5000 valid images, 2 epochs, 11 repeats
     python tests/bench_runner.py --quick    # CI smoke run: 1000 / 500 images, 1 epoch, 2 repeats
 """
 import argparse, statistics, time
@@ -19,10 +19,10 @@ from exp.nb_05 import (Runner, Learner, DataBunch, Dataset, get_dls, get_model, 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='tiny sizes for a CI smoke run')
-    p.add_argument('--n-train', type=int, default=6000, help='training images')
-    p.add_argument('--n-valid', type=int, default=2000, help='validation images')
+    p.add_argument('--n-train', type=int, default=30000, help="training images")
+    p.add_argument('--n-valid', type=int, default=5000, help="validation images")
     p.add_argument('--epochs', type=int, default=2)
-    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument("--repeats", type=int, default=11)
     p.add_argument('--bs', type=int, default=64)
     p.add_argument('--nh', type=int, default=50, help='hidden units')
     p.add_argument('--lr', type=float, default=0.1)
@@ -96,8 +96,10 @@ def main(argv=None):
     min_b, min_r = min(x[1] for x in rows), min(x[2] for x in rows)
     print(f"{'median':>6} {med_b:>8.3f} {med_r:>9.3f} {med_r / med_b:>6.3f}")
     print(f"{'min':>6} {min_b:>8.3f} {min_r:>9.3f} {min_r / min_b:>6.3f}")
-    ratio = med_r / med_b
-    print(f"\nRunner / bare (median): {ratio:.3f}x  (goal <= 1.05x: {'met' if ratio <= 1.05 else 'NOT met'})")
+    # Each repeat times the two loops back to back, so their ratio cancels slow drifts of the machine's speed;
+    # the median of those paired ratios is the headline figure.
+    ratio = statistics.median(x[3] for x in rows)
+    print(f"\nRunner / bare (median of paired ratios): {ratio:.3f}x  (goal <= 1.05x: {'met' if ratio <= 1.05 else 'NOT met'})")
     _, _, _, _, _, sb, sr = rows[-1]
     print(f"final epoch, bare:   train loss {sb['train'][0]:.4f} acc {sb['train'][1]:.4f} | valid loss {sb['valid'][0]:.4f} acc {sb['valid'][1]:.4f}")
     print(f"final epoch, runner: train loss {sr['train'][0]:.4f} acc {sr['train'][1]:.4f} | valid loss {sr['valid'][0]:.4f} acc {sr['valid'][1]:.4f}")
