@@ -7,8 +7,8 @@ __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'norm_im
            'split_by_func', 'SplitData', 'uniqueify', 'Processor', 'CategoryProcessor', 'parent_labeler', 'LabeledData',
            'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan', 'center_square', 'CenterSquare',
            'decode_square', 'decode_square_args', 'source_fingerprint', 'decode_all', 'save_atomic', 'cached_images',
-           'random_crop_params', 'crop_theta', 'batch_random_resized_crop', 'batch_resize', 'fits_on_device',
-           'TensorBatchLoader', 'split_cache_file', 'fast_databunch', 'PIL']
+           'random_crop_params', 'crop_theta', 'crop_grid', 'batch_random_resized_crop', 'batch_resize',
+           'fits_on_device', 'TensorBatchLoader', 'split_cache_file', 'fast_databunch', 'PIL']
 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
 from .nb_07 import *
@@ -461,16 +461,24 @@ def crop_theta(w, h, cx, cy, flip=None):
     z = torch.zeros_like(w)
     return torch.stack([torch.stack([sx, z, cx], 1), torch.stack([z, h, cy], 1)], 1)   # 2 rows of (n, 3) -> (n, 2, 3)
 
+def crop_grid(w, h, cx, cy, size, flip=None):
+    "The sampling grid (n, size, size, 2) of `F.affine_grid(crop_theta(...))` for axis-aligned windows, built by broadcasting."
+    n, t = len(w), (torch.arange(size, device=w.device, dtype=w.dtype) * 2 + 1) / size - 1   # (size,) pixel centres in [-1, 1]
+    sx = w if flip is None else torch.where(flip, -w, w)
+    gx = (cx[:, None] + sx[:, None] * t).view(n, 1, size, 1)     # (n, size) -> (n, 1, size, 1): x changes along a row
+    gy = (cy[:, None] + h[:, None] * t).view(n, size, 1, 1)      # (n, size) -> (n, size, 1, 1): y changes down a column
+    return torch.cat([gx.expand(n, size, size, 1), gy.expand(n, size, size, 1)], 3)
+
 def batch_random_resized_crop(x, size, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None):
     "Random resized crop and horizontal flip of a float batch (n, c, H, W) on its own device: (n, c, size, size)."
     n = x.shape[0]
     w, h, cx, cy = random_crop_params(n, scale, ratio, x.device, generator)
     fl = torch.rand(n, device=x.device, generator=generator) < 0.5 if flip else None
-    grid = F.affine_grid(crop_theta(w, h, cx, cy, fl).to(x.dtype), (n, x.shape[1], size, size), align_corners=False)
-    return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+    grid = crop_grid(w, h, cx, cy, size, fl).to(x.dtype)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
 def batch_resize(x, size):
-    "Resize a float batch (n, c, H, W) to (n, c, size, size), antialiased: the validation path."
+    "Resize a float batch (n, c, H, W) to (n, c, size, size), antialiased: the validation path (x itself when already that size)."
     if tuple(x.shape[-2:]) == (size, size): return x
     return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
 
@@ -501,15 +509,23 @@ class TensorBatchLoader:
         self.mean, self.std = mean, std                                           # None: batches stay in [0, 1]
         self.gen = torch.Generator()
         self.gen.manual_seed(torch.initial_seed() if seed is None else seed)
+        self._buf = None                                                          # float batch, reused
 
     def __len__(self): return len(self.y) // self.bs if self.drop_last else math.ceil(len(self.y) / self.bs)
     @property
     def dataset(self): return self
 
+    def float_batch(self, idx):
+        "The uint8 images at `idx` on the device as floats 0..255, in a buffer that the next call overwrites."
+        xb = self.x.index_select(0, idx.to(self.x.device)).to(self.device, non_blocking=True)
+        if self._buf is None or self._buf.shape != xb.shape: self._buf = torch.empty(xb.shape, device=self.device)
+        return self._buf.copy_(xb)
+
     def batch(self, idx):
         "The batch of the items at `idx`: gathered, copied to the device, converted, augmented and normalised."
-        xb = self.x[idx.to(self.x.device)].to(self.device, non_blocking=True).float()              # 0..255
-        xb = batch_random_resized_crop(xb, self.size, self.crop_scale) if self.train else batch_resize(xb, self.size)
+        xf = self.float_batch(idx)
+        xb = batch_random_resized_crop(xf, self.size, self.crop_scale) if self.train else batch_resize(xf, self.size)
+        if xb is xf: self._buf = None                                  # no resize needed: the buffer becomes this batch
         xb = xb.mul_(self.scale).sub_(self.shift)                                                    # to [0, 1], normalised
         if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, self.y[idx.to(self.y.device)]
