@@ -6,17 +6,18 @@ __all__ = ['PIPELINES', 'norm_types', 'ARCHS', 'TRICKS', 'DRAFT', 'BAG', 'DistEn
            'subset_per_class', 'image_tfms', 'class_folders', 'has_image', 'check_image_folder', 'resolve_pipeline',
            'folder_databunch', 'set_seed', 'model_summary', 'conv_bn', 'ResBlock', 'XResNet', 'xresnet18', 'xresnet34',
            'xresnet50', 'param_groups', 'sched_warmup_cos', 'sched_draft', 'reduce_loss', 'LabelSmoothingCrossEntropy',
-           'per_sample_loss', 'MixUp', 'amp_dtype', 'MixedPrecision', 'ChannelsLast', 'TrickConfig', 'parse_tricks',
-           'make_model', 'loader_normalizes', 'build_learner', 'epoch_rows', 'ablation_configs', 'markdown_table',
-           'run_ablation', 'env_int', 'dist_env', 'is_main_process', 'init_distributed', 'broadcast_object',
-           'main_process_first', 'unwrap_model', 'convert_sync_bn', 'revert_sync_bn', 'ShardSampler', 'rebuild_dl',
-           'check_plain_dl', 'all_reduce_stats', 'DistributedCallback', 'write_error', 'atomic_write', 'atomic_save',
-           'remove_stale_temps', 'get_rng_states', 'set_rng_states', 'loader_state', 'set_loader_state',
-           'interrupted_path', 'model_info', 'describe_model', 'check_state_fits', 'read_checkpoint', 'load_checkpoint',
-           'CheckpointCallback', 'resume_config', 'cannot_create', 'check_run_dir', 'prepare_run_dir', 'RunLogger',
-           'plot_run', 'check_train_args', 'settle_failed_run', 'train', 'resume_train', 'read_model_file', 'load_run',
-           'predict_tfms', 'predict', 'positive', 'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main',
-           'predict_main', 'train_cli', 'predict_cli', 'find_settings', 'nb_auto_export']
+           'per_sample_loss', 'MixUp', 'amp_dtype', 'MixedPrecision', 'ChannelsLast', 'CompileCallback', 'TrickConfig',
+           'parse_tricks', 'make_model', 'loader_normalizes', 'build_learner', 'epoch_rows', 'ablation_configs',
+           'markdown_table', 'run_ablation', 'env_int', 'dist_env', 'is_main_process', 'init_distributed',
+           'broadcast_object', 'main_process_first', 'unwrap_model', 'convert_sync_bn', 'revert_sync_bn',
+           'ShardSampler', 'rebuild_dl', 'check_plain_dl', 'all_reduce_stats', 'DistributedCallback', 'write_error',
+           'atomic_write', 'atomic_save', 'remove_stale_temps', 'get_rng_states', 'set_rng_states', 'loader_state',
+           'set_loader_state', 'interrupted_path', 'model_info', 'describe_model', 'check_state_fits',
+           'read_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'resume_config', 'cannot_create',
+           'check_run_dir', 'prepare_run_dir', 'RunLogger', 'plot_run', 'check_train_args', 'settle_failed_run',
+           'train', 'resume_train', 'read_model_file', 'load_run', 'predict_tfms', 'predict', 'positive',
+           'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main', 'predict_main', 'train_cli',
+           'predict_cli', 'find_settings', 'nb_auto_export']
 
 # %% ../nbs/10_bag_of_tricks.ipynb #0f91ba1f
 from .nb_09 import *
@@ -345,6 +346,15 @@ class ChannelsLast(Callback):
     def begin_batch(self):
         if self.xb.dim() == 4: self.run.xb = self.xb.contiguous(memory_format=torch.channels_last)
 
+# %% ../nbs/10_bag_of_tricks.ipynb #e8a77e36
+class CompileCallback(Callback):
+    "Compile the model's forward with torch.compile at begin_fit, in place (`nn.Module.compile`: parameters and state_dict unchanged)."
+    order = 7  # after the device callback moved the model and ChannelsLast (6) changed its layout
+    def __init__(self, backend='inductor', mode=None, dynamic=None): self.kwargs = dict(backend=backend, mode=mode, dynamic=dynamic)
+    def begin_fit(self):
+        m = getattr(self.model, 'module', self.model)    # the module inside a DistributedDataParallel wrapper
+        if getattr(m, '_compiled_call_impl', None) is None: m.compile(**self.kwargs)
+
 # %% ../nbs/10_bag_of_tricks.ipynb #611350f9
 ARCHS = ('draft-cnn', 'xresnet18', 'xresnet34', 'xresnet50')
 TRICKS = ('bcd', 'zero_gamma', 'no_bias_decay', 'warmup_cosine', 'label_smoothing', 'mixup', 'mixed_precision', 'channels_last')
@@ -407,7 +417,7 @@ def loader_normalizes(dl):
     "True when data loader `dl` normalises its batches itself (nb_08's TensorBatchLoader built with mean and std)."
     return getattr(dl, 'mean', None) is not None and getattr(dl, 'std', None) is not None
 
-def build_learner(data, cfg=None, device=None, progress=False, norm=None, cbs=None, **overrides):
+def build_learner(data, cfg=None, device=None, progress=False, norm=None, cbs=None, compile_model=False, **overrides):
     "The one code path for ablation and CLI: `(learn, run)` for `data` with recipe `cfg` (a TrickConfig, default BAG) plus `overrides`."
     cfg = replace(cfg or BAG, **overrides)
     normed = loader_normalizes(data.train_dl)   # the fast pipeline: batches come normalised, never normalise twice
@@ -425,6 +435,7 @@ def build_learner(data, cfg=None, device=None, progress=False, norm=None, cbs=No
     if cfg.mixup: cb_funcs.append(partial(MixUp, cfg.mixup))
     if cfg.mixed_precision: cb_funcs.append(MixedPrecision)
     if cfg.channels_last: cb_funcs.append(ChannelsLast)
+    if compile_model: cb_funcs.append(CompileCallback)
     learn = Learner(model, opt, loss_func, data)
     return learn, Runner(cbs=listify(cbs), cb_funcs=cb_funcs)
 
@@ -1007,7 +1018,8 @@ def settle_failed_run(out, exc=None, created=True):
     return note
 
 def train(data_path=None, size=128, epochs=5, bs=64, lr=None, arch='xresnet18', tricks='all', device='auto', seed=0,
-          workers=None, out=None, limit=None, progress=True, resume=None, cbs=None, pipeline='auto', cache_dir=None):
+          workers=None, out=None, limit=None, progress=True, resume=None, cbs=None, pipeline='auto', cache_dir=None,
+          compile_model=False):
     "Train `arch` with `tricks` on an ImageNet-style folder (default Imagenette-160); save a run folder (checkpoint every epoch)."
     cfg = check_train_args(size, epochs, bs, lr, arch, tricks, device, seed, workers, limit, pipeline)
     distributed = dist_env().world_size > 1          # started by torchrun with several processes
@@ -1027,7 +1039,7 @@ def train(data_path=None, size=128, epochs=5, bs=64, lr=None, arch='xresnet18', 
         created = resume is None and main_proc and not out.exists()
         if resume is None and main_proc: prepare_run_dir(out)
         try: return _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, workers, limit, pipeline,
-                            cache_dir, data_path, progress, resume, cbs, distributed)
+                            cache_dir, data_path, progress, resume, cbs, distributed, compile_model)
         except BaseException as e:
             if main_proc: settle_failed_run(out, e, created=created or resume is not None)
             raise
@@ -1035,7 +1047,7 @@ def train(data_path=None, size=128, epochs=5, bs=64, lr=None, arch='xresnet18', 
         if own_group: dist.destroy_process_group()
 
 def _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, workers, limit, pipeline, cache_dir, data_path,
-            progress, resume, cbs, distributed):
+            progress, resume, cbs, distributed, compile_model=False):
     "The body of `train` once the data is loaded and the run folder `out` exists: config, fit, model.pt and plot."
     main_proc = is_main_process()
     args = dict(data=str(Path(data_path).resolve()), size=size, epochs=epochs, bs=bs, lr=lr, arch=arch, tricks=tricks, seed=seed,
@@ -1044,7 +1056,8 @@ def _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, work
         config = dict(data=args['data'], size=size, epochs=epochs, bs=bs, device=str(dev), seed=seed, workers=workers,
                       limit=limit, pipeline=pipeline, cache_dir=None if cache_dir is None else str(cache_dir),
                       n_train=data.n_train, n_valid=data.n_valid, vocab=data.vocab, recipe=asdict(cfg), tricks=cfg.tricks,
-                      hardware=hardware_info(), torch=torch.__version__, world_size=dist_env().world_size, args=args)
+                      hardware=hardware_info(), torch=torch.__version__, world_size=dist_env().world_size,
+                      compile=bool(compile_model), args=args)
         if main_proc: atomic_write(out / 'config.json', json.dumps(config, indent=1))
         rows = []
     else:
@@ -1057,7 +1070,8 @@ def _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, work
     extra = [CheckpointCallback(out / CHECKPOINT_NAME, config=config, resume=resume)]
     if main_proc: extra.append(logger)
     if distributed: extra.append(DistributedCallback())
-    learn, run = build_learner(data, cfg, device=dev, progress=progress and main_proc, cbs=extra + listify(cbs))
+    learn, run = build_learner(data, cfg, device=dev, progress=progress and main_proc, cbs=extra + listify(cbs),
+                               compile_model=compile_model)
     run.fit(epochs, learn)
     if main_proc:
         mean, std = [list(map(float, t)) for t in imagenette_stats]
@@ -1067,7 +1081,7 @@ def _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, work
         plot_run(logger.rows, run.recorder.lrs[0], out / 'plot.png')   # after a resume: the lr of the resumed epochs only
     return out
 
-def resume_train(run_dir, device='auto', workers=None, progress=True, cbs=None, cache_dir=None):
+def resume_train(run_dir, device='auto', workers=None, progress=True, cbs=None, cache_dir=None, compile_model=False):
     "Continue the run in `run_dir` from its checkpoint.pt with the settings saved in its config.json; returns its path."
     config, ck_path = resume_config(run_dir)
     a = config.get('args')
@@ -1076,7 +1090,7 @@ def resume_train(run_dir, device='auto', workers=None, progress=True, cbs=None, 
                          "start a new run")
     return train(a['data'], a['size'], a['epochs'], a['bs'], a['lr'], a['arch'], a['tricks'], device, a['seed'], workers,
                  Path(run_dir), a['limit'], progress, resume=ck_path, cbs=cbs, pipeline=a.get('pipeline', 'per-item'),
-                 cache_dir=cache_dir)
+                 cache_dir=cache_dir, compile_model=compile_model)
 
 # %% ../nbs/10_bag_of_tricks.ipynb #d603d16d
 MODEL_KEYS = ('state_dict', 'vocab', 'arch', 'size', 'mean', 'std')   # what exp-train's model.pt holds (plus bcd, pipeline)
@@ -1167,12 +1181,14 @@ def train_parser():
                         "device; 'per-item' decodes and resizes every image every epoch in DataLoader workers; "
                         "'auto' (default) = fast, per-item under torchrun")
     p.add_argument('--cache-dir', type=Path, default=None, help="folder of the fast pipeline's image cache (default <data>/.exp-cache)")
+    p.add_argument('--compile', dest='compile_model', action='store_true',
+                   help='compile the model with torch.compile (slow first batches, faster later ones; pays off on long runs)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--resume', type=Path, default=None, metavar='RUN_DIR',
                    help='continue the run in RUN_DIR from its checkpoint.pt, with the settings in its config.json')
     return p
 
-RESUME_FREE = ('resume', 'device', 'workers', 'no_progress', 'cache_dir')   # options that may change when a run is resumed
+RESUME_FREE = ('resume', 'device', 'workers', 'no_progress', 'cache_dir', 'compile_model')   # options that may change when a run is resumed
 
 def given_args(parser, argv):
     "The options actually typed in `argv` (dest -> value): `argv` parsed again with every default suppressed."
@@ -1222,7 +1238,8 @@ def main(argv=None):
             saved = ', '.join(f"{k}={s!r}" for k, _, s in bad)
             p.error(f"argument --resume: {typed} conflict(s) with the run's saved settings ({saved}); --resume continues "
                     "a run exactly as it was started: drop them, or start a new run with --out")
-        try: out = cli_call(p, lambda: resume_train(a.resume, a.device, a.workers, not a.no_progress, cache_dir=a.cache_dir))
+        try: out = cli_call(p, lambda: resume_train(a.resume, a.device, a.workers, not a.no_progress, cache_dir=a.cache_dir,
+                                                     compile_model=a.compile_model))
         except ValueError as e: p.error(f"argument --resume: {e}")
     else:
         try: parse_tricks(a.tricks)
@@ -1236,7 +1253,8 @@ def main(argv=None):
             if a.out is not None and is_main_process(): check_run_dir(a.out)
         except OSError as e: p.error(f"argument --out: {e.strerror or e}")      # exists and not empty, or not writable
         out = cli_call(p, lambda: train(a.data, a.size, a.epochs, a.bs, a.lr, a.arch, a.tricks, a.device, a.seed, a.workers,
-                                        a.out, a.limit, not a.no_progress, pipeline=a.pipeline, cache_dir=a.cache_dir))
+                                        a.out, a.limit, not a.no_progress, pipeline=a.pipeline, cache_dir=a.cache_dir,
+                                        compile_model=a.compile_model))
     if is_main_process(): print(f"run saved to {out}")
     return out
 

@@ -4,7 +4,6 @@ Everything runs against an HTTP server on 127.0.0.1 (ephemeral port, in a thread
 touches any other address. The real files come from the shared data folder beside the checkout (../shared/data).
 """
 import gzip, hashlib, http.server, io, os, re, socket, struct, tarfile, threading
-from functools import partial
 from pathlib import Path
 
 import numpy as np

@@ -1,5 +1,5 @@
 "Tests for exp.nb_08 (the data block API): synthetic images in tmp folders, plus Imagenette when it is available."
-import io, os, pickle, subprocess, sys, warnings
+import io, os, pickle, subprocess, sys
 from functools import partial
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import PIL.Image, PIL.features
 from exp.nb_08 import (image_extensions, setify, get_files, compose, ItemList, ImageList, Transform, make_rgb,
                        ResizeFixed, to_byte_tensor, to_float_tensor, grandparent_splitter, split_by_func, SplitData,
                        uniqueify, Processor, CategoryProcessor, CategoryProcesser, parent_labeler, label_by_func,
-                       LabeledData, databunchify, normalize_chan, imagenette_stats, norm_imagenette, show_image,
+                       LabeledData, normalize_chan, imagenette_stats, norm_imagenette, show_image,
                        show_batch, open_image, default_num_workers)
 
 def jpeg_bytes(size=(24, 16), color=(200, 30, 60)):

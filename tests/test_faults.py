@@ -26,6 +26,7 @@ from exp.nb_10 import (atomic_save, atomic_write, folder_databunch, image_tfms,
 from exp.nb_05 import Runner, get_dls
 
 # helpers shared with the focused test files (one definition each; tests/ is on sys.path under pytest)
+from conftest import make_image_folder
 from test_data import Handler, closed_port, leftovers, make_tar
 from test_data_block import jpeg_bytes
 from test_runner import EventLog, Raiser, loss_going_bad, tiny_learner
@@ -52,16 +53,7 @@ def absent_or_empty(folder):
 
 def make_folder(root, n_train=4, n_valid=2, classes=CLASSES, size=32):
     "An ImageNet-style folder: train/<class>/*.jpg and val/<class>/*.jpg, each class its own dominant colour."
-    rng = np.random.default_rng(0)
-    for split, n in (('train', n_train), ('val', n_valid)):
-        for c, cls in enumerate(classes):
-            d = Path(root) / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-                a[..., c % 3] += 150
-                PIL.Image.fromarray(a).save(d / f'{i}.jpg', quality=90)
-    return Path(root)
+    return make_image_folder(root, classes, n_train, n_valid, (size, size))
 
 
 def cli_error(capsys, argv):

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from conftest import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ('cat', 'dog', 'fish')
@@ -21,17 +22,7 @@ def _run(*args, timeout=120):
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
     "3 classes x (8 train, 4 val) small JPEGs; each class has its own colour so that the task is learnable."
-    root = tmp_path_factory.mktemp('tiny')
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 8), ('val', 4)):
-        for c, cls in enumerate(CLASSES):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                a = rng.integers(0, 60, (40, 48, 3), dtype=np.uint8)
-                a[..., c] += 150
-                Image.fromarray(a).save(d / f'{i}.jpg', quality=90)
-    return root
+    return make_image_folder(tmp_path_factory.mktemp('tiny'), CLASSES)
 
 
 @pytest.fixture(scope='module')
