@@ -1,62 +1,86 @@
 #!/usr/bin/env python3
 """GPU benchmark, all measurements in one run (see run_gpu.sh for the setup). Prints a markdown table.
 
-1. model-only ceiling: xresnet50 train steps at 128 px on synthetic data already on the GPU (bf16 autocast, channels_last);
-2. exp: `python -m exp.nb_10` (xresnet50, 5 epochs, 128 px, bs 64, fast pipeline) timed from process start to exit, plus
-   the accuracy and per-epoch seconds from its run folder (metrics.json, config.json);
+1. model-only ceiling: xresnet50 train steps at 128 px on synthetic data already on the GPU (bf16 autocast, channels_last),
+   at bs 64 and bs 256;
+2. exp: `python -m exp.nb_10` (xresnet50, 5 epochs, 128 px, fast pipeline) in several configurations (EXP_RUNS), each
+   timed from process start to exit, with the accuracy and per-epoch seconds from its run folder (metrics.json,
+   config.json); the first run builds the image cache, the others reuse it;
 3. fastai 2.8.12's train_imagenette recipe (xresnet50 + Mish, ranger, flat-cos lr 8e-3, bs 64, fp16, label smoothing,
    RandomResizedCrop 128) in a subprocess, timed the same way;
 4. the data pipeline alone: tests/bench_pipeline.py on the GPU (per-item path vs fast path).
+A configuration that fails is reported in the table (with its log file) and the others still run.
+
+    python3 tests/gpu/bench_gpu.py --out DIR                    # the measurement (needs CUDA)
+    python3 tests/gpu/bench_gpu.py --smoke --out DIR            # CPU smoke run: tiny sizes, checks the script end to end
+    python3 tests/gpu/bench_gpu.py --parse-only RUN_DIR         # print the summary of one exp-train run folder
 """
 import argparse, json, re, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+NO_MIXUP = 'bcd,zero_gamma,no_bias_decay,warmup_cosine,label_smoothing,mixed_precision,channels_last'
+EXP_RUNS = [   # (name, batch size, extra exp-train arguments)
+    ('bag of tricks (all), bs 64', 64, []),
+    ('all but mixup, bs 64', 64, ['--tricks', NO_MIXUP]),
+    ('all but mixup, bs 256, lr 0.4', 256, ['--tricks', NO_MIXUP, '--lr', '0.4']),
+    ('all but mixup, bs 256, lr 0.4, --compile', 256, ['--tricks', NO_MIXUP, '--lr', '0.4', '--compile']),
+]
 
 FASTAI = r'''
 import os, sys, time
 from pathlib import Path
 from fastai.vision.all import *
+epochs, limit, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])   # limit: images per class folder, 0 = all
 path = Path(os.environ['EXP_DATA']) / 'imagenette2-160'
 exts = ['.webp', '.jpg', '.jpeg', '.png']
-dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=lambda p: get_files(p, extensions=exts, recurse=True),
+def items(p):
+    fs = get_files(p, extensions=exts, recurse=True)
+    if not limit: return fs
+    per = {}
+    for f in fs: per.setdefault(f.parent, []).append(f)
+    return L(f for d in sorted(per) for f in sorted(per[d])[:limit])
+dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=items,
                    splitter=GrandparentSplitter(valid_name='val'), get_y=parent_label,
-                   item_tfms=[RandomResizedCrop(128, min_scale=0.35), FlipItem(0.5)],
+                   item_tfms=[RandomResizedCrop(size, min_scale=0.35), FlipItem(0.5)],
                    batch_tfms=[Normalize.from_stats(*imagenet_stats)])
 dls = dblock.dataloaders(path, bs=64, num_workers=min(15, os.cpu_count()))
 learn = Learner(dls, xresnet50(n_out=10, act_cls=Mish), opt_func=ranger, metrics=accuracy,
-                loss_func=LabelSmoothingCrossEntropy()).to_fp16()
-learn.fit_flat_cos(int(sys.argv[1]), 8e-3, wd=1e-2)
+                loss_func=LabelSmoothingCrossEntropy())
+if torch.cuda.is_available(): learn = learn.to_fp16()
+learn.fit_flat_cos(epochs, 8e-3, wd=1e-2)
 print('FINAL_ACC', float(learn.recorder.values[-1][2]))
 '''
 
 
-def timed(cmd, env=None, log=None):
-    "Run `cmd`; return (wall seconds from start to exit, stdout+stderr)."
+def timed(cmd, log, env=None):
+    "Run `cmd`, writing its output to `log`; return (wall seconds from start to exit, output, return code)."
     t0 = time.time()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     out = r.stdout + r.stderr
-    if log: Path(log).write_text(out)
-    if r.returncode: print(out[-4000:]); raise SystemExit(f'failed: {cmd}')
-    return time.time() - t0, out
+    Path(log).write_text(out)
+    if r.returncode: print(f'FAILED ({r.returncode}): {" ".join(map(str, cmd))}\n{out[-3000:]}', flush=True)
+    return time.time() - t0, out, r.returncode
 
 
-def ceiling(bs, steps=30):
-    "Model-only train img/s of xresnet50 at 128 px (bf16 autocast, channels_last, SGD)."
+def ceiling(bs, device, size=128, steps=30):
+    "Model-only train img/s of xresnet50 at `size` px (bf16 autocast on CUDA, channels_last, SGD), data already on the device."
     import torch
     from exp.nb_10 import xresnet50
-    dev = torch.device('cuda')
+    dev = torch.device(device)
     m = xresnet50(c_out=10).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(bs, 3, 128, 128, device=dev).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(bs, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (bs,), device=dev)
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     def step():
-        with torch.autocast('cuda', dtype=torch.bfloat16): loss = torch.nn.functional.cross_entropy(m(x), y)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == 'cuda'):
+            loss = torch.nn.functional.cross_entropy(m(x), y)
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     for _ in range(5): step()
-    torch.cuda.synchronize(); t0 = time.time()
+    sync(); t0 = time.time()
     for _ in range(steps): step()
-    torch.cuda.synchronize()
+    sync()
     return bs * steps / (time.time() - t0)
 
 
@@ -74,8 +98,55 @@ def exp_run_summary(run_dir, epochs):
         raise SystemExit(f'{run_dir}/metrics.json: epochs {[r["epoch"] for r in rows]}, expected 1..{epochs}')
     secs = sum(float(r['seconds']) for r in rows)
     return dict(valid_acc=float(rows[-1]['valid_acc']), epoch_seconds=secs, n_train=int(cfg['n_train']),
-                n_valid=int(cfg['n_valid']), pipeline=cfg.get('pipeline', '?'),
+                n_valid=int(cfg['n_valid']), pipeline=cfg.get('pipeline', '?'), epoch_acc=[float(r['valid_acc']) for r in rows],
                 train_img_per_s=int(cfg['n_train']) * len(rows) / secs)
+
+
+class Report:
+    "Rows of the result table and a results dict, both rewritten to OUT after every measurement (a timeout keeps what was done)."
+    def __init__(self, out, **info): self.out, self.rows, self.res, self.t0 = out, [], dict(info, exp={}), time.time()
+    def add(self, *row):
+        self.rows.append(row); print('| ' + ' | '.join(row) + ' |', flush=True)
+    def save(self):
+        self.res['seconds_so_far'] = round(time.time() - self.t0, 1)
+        (self.out / 'results.json').write_text(json.dumps(self.res, indent=1))
+        (self.out / 'table.md').write_text('| measurement | value | note |\n| --- | --- | --- |\n' +
+                                           ''.join('| ' + ' | '.join(r) + ' |\n' for r in self.rows))
+
+
+def run_exp(rep, i, name, bs, extra, a, device, size, limit):
+    "One exp-train run of configuration EXP_RUNS[i]; adds its rows to `rep`."
+    run_dir = a.out / f'exp-run-{i}'
+    small = ['--limit', str(limit), '--workers', '0'] if limit else []
+    cmd = [sys.executable, '-m', 'exp.nb_10', '--arch', 'xresnet50', '--epochs', str(a.epochs), '--bs', str(8 if a.smoke else bs),
+           '--size', str(size), '--pipeline', 'fast', '--device', device, '--out', str(run_dir), '--no-progress', *small, *extra]
+    secs, _, rc = timed(cmd, a.out / f'exp-{i}.log')
+    label = f'exp xresnet50, {name}{" (builds the image cache)" if i == 0 else ""}'
+    if rc: return rep.add(label, 'failed', f'see exp-{i}.log')
+    s = exp_run_summary(run_dir, a.epochs); s.update(wall=secs, bs=bs)
+    rep.res['exp'][name] = s
+    ceil = rep.res['ceiling'][bs]
+    rep.add(label, f'{secs:.1f} s wall; {s["epoch_seconds"]:.1f} s in epochs', f'{s["valid_acc"]:.2%}')
+    rep.add(f'  train throughput vs ceiling (bs {bs})', f'{s["train_img_per_s"]:,.0f} img/s',
+            f'{s["train_img_per_s"] / ceil:.2f}x of ceiling (epoch seconds include validation: a lower bound)')
+
+
+def run_fastai(rep, a, size, limit):
+    "fastai's recipe in a subprocess; adds its row and the speed-ups of the exp runs so far."
+    script = a.out / 'fastai_imagenette.py'; script.write_text(FASTAI)
+    fsecs, fout, rc = timed([sys.executable, str(script), str(a.epochs), str(limit), str(size)], a.out / 'fastai.log')
+    if rc: return rep.add('fastai 2.8.12 xresnet50', 'failed', 'see fastai.log')
+    facc = float(re.findall(r'FINAL_ACC ([0-9.]+)', fout)[-1])
+    rep.res['fastai'] = dict(wall=fsecs, valid_acc=facc)
+    rep.add(f'fastai 2.8.12 xresnet50, {a.epochs} epochs, bs 64', f'{fsecs:.1f} s wall', f'{facc:.2%}')
+
+
+def speedups(rep):
+    "Rows comparing every finished exp run with the fastai run."
+    f = rep.res.get('fastai')
+    if f is None: return
+    for name, s in rep.res['exp'].items():
+        rep.add(f'speed-up exp ({name}) vs fastai', f'{f["wall"] / s["wall"]:.1f}x', f'accuracy {100 * (s["valid_acc"] - f["valid_acc"]):+.2f} points')
 
 
 def main():
@@ -83,34 +154,28 @@ def main():
     ap.add_argument('--out', type=Path, default=Path('/tmp/exp-gpu-bench'))
     ap.add_argument('--epochs', type=int, default=5)
     ap.add_argument('--skip-fastai', action='store_true')
+    ap.add_argument('--smoke', action='store_true', help='CPU, 4 images per class, 32 px, bs 8, 1 epoch: checks the script, measures nothing')
     ap.add_argument('--parse-only', type=Path, default=None, metavar='RUN_DIR',
                     help='only print exp_run_summary of an existing exp-train run folder (checks the parsing; no GPU needed)')
     a = ap.parse_args()
     if a.parse_only is not None:
         print(json.dumps(exp_run_summary(a.parse_only, a.epochs), indent=1)); return
+    device, limit, size = ('cpu', 4, 32) if a.smoke else ('cuda', 0, 128)   # smoke: 40 images, batches of 8
+    if a.smoke: a.epochs = 1
     a.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    c64, c256 = ceiling(64), ceiling(256)
-    rows += [('model-only ceiling, xresnet50, bs 64', f'{c64:,.0f} img/s', ''), ('model-only ceiling, xresnet50, bs 256', f'{c256:,.0f} img/s', '')]
-    run_dir = a.out / 'exp-run'
-    secs, out = timed([sys.executable, '-m', 'exp.nb_10', '--arch', 'xresnet50', '--epochs', str(a.epochs), '--bs', '64',
-                       '--size', '128', '--pipeline', 'fast', '--out', str(run_dir), '--no-progress'], log=a.out / 'exp.log')
-    s = exp_run_summary(run_dir, a.epochs)
-    acc, train_ips = s['valid_acc'], s['train_img_per_s']
-    rows.append((f'exp xresnet50, {a.epochs} epochs ({s["pipeline"]} pipeline)', f'{secs:.1f} s wall', f'{acc:.2%}'))
-    rows.append(('exp epoch time (sum over epochs, incl. validation)', f'{s["epoch_seconds"]:.1f} s', ''))
-    rows.append(('exp train throughput vs ceiling (bs 64)', f'{train_ips:,.0f} img/s', f'{train_ips / c64:.2f}x of ceiling; '
-                 'train images / epoch seconds, which include validation, so a lower bound'))
-    if not a.skip_fastai:
-        script = a.out / 'fastai_imagenette.py'; script.write_text(FASTAI)
-        fsecs, fout = timed([sys.executable, str(script), str(a.epochs)], log=a.out / 'fastai.log')
-        facc = float(re.findall(r'FINAL_ACC ([0-9.]+)', fout)[-1])
-        rows.append((f'fastai 2.8.12 xresnet50, {a.epochs} epochs', f'{fsecs:.1f} s wall', f'{facc:.2%}'))
-        rows.append(('speed-up exp vs fastai', f'{fsecs / secs:.1f}x', f'accuracy diff {100 * (acc - facc):+.2f} points'))
-    _, pout = timed([sys.executable, 'tests/bench_pipeline.py', '--device', 'cuda', '--n', '0'], log=a.out / 'pipeline.log')
-    print(pout[-1500:])
-    print('\n| measurement | value | note |\n| --- | --- | --- |')
-    for r in rows: print('| ' + ' | '.join(r) + ' |')
+    rep = Report(a.out, device=device, epochs=a.epochs, smoke=a.smoke)
+    rep.res['ceiling'] = {bs: ceiling(bs, device, size, steps=2 if a.smoke else 30) for bs in (64, 256)}
+    for bs, c in rep.res['ceiling'].items(): rep.add(f'model-only ceiling, xresnet50, bs {bs}', f'{c:,.0f} img/s', '')
+    rep.save()
+    last = len(EXP_RUNS) - 1                  # the torch.compile run goes last: the slowest to start, the least needed
+    for i, (name, bs, extra) in enumerate(EXP_RUNS[:last]): run_exp(rep, i, name, bs, extra, a, device, size, limit); rep.save()
+    if not a.skip_fastai: run_fastai(rep, a, size, limit); rep.save()
+    pargs = ['--device', device] + (['--quick'] if a.smoke else ['--n', '0'])
+    _, pout, rc = timed([sys.executable, 'tests/bench_pipeline.py', *pargs], a.out / 'pipeline.log')
+    print(pout[-1500:], flush=True)
+    run_exp(rep, last, *EXP_RUNS[last], a, device, size, limit)
+    speedups(rep); rep.save()
+    print('\n' + (a.out / 'table.md').read_text() + f'\n(all of the above: {rep.res["seconds_so_far"]:.0f} s; pipeline table in pipeline.log)')
 
 
 if __name__ == '__main__': main()
