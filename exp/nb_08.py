@@ -6,9 +6,9 @@ __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'norm_im
            'ResizeFixed', 'to_byte_tensor', 'to_float_tensor', 'show_image', 'show_batch', 'grandparent_splitter',
            'split_by_func', 'SplitData', 'uniqueify', 'Processor', 'CategoryProcessor', 'parent_labeler', 'LabeledData',
            'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan', 'center_square', 'CenterSquare',
-           'decode_square', 'decode_square_args', 'source_fingerprint', 'decode_all', 'save_atomic', 'cached_images',
-           'random_crop_params', 'crop_theta', 'crop_grid', 'batch_random_resized_crop', 'batch_resize',
-           'fits_on_device', 'TensorBatchLoader', 'split_cache_file', 'fast_databunch', 'PIL']
+           'decode_square', 'decode_square_args', 'source_fingerprint', 'decode_all', 'atomic_file', 'save_atomic',
+           'cached_images', 'random_crop_params', 'crop_theta', 'crop_grid', 'batch_random_resized_crop',
+           'batch_resize', 'fits_on_device', 'TensorBatchLoader', 'split_cache_file', 'fast_databunch', 'PIL']
 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
 from .nb_07 import *
@@ -422,14 +422,29 @@ def decode_all(files, size, num_workers=None, chunksize=32):
             arrs = pool.map(decode_square_args, args, chunksize=chunksize)
     return torch.from_numpy(np.stack(arrs)) if arrs else torch.empty(0, 3, size, size, dtype=torch.uint8)
 
-def save_atomic(obj, fname):
-    "`torch.save` `obj` to a temporary file beside `fname`, then rename it into place."
-    fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=fname.name + '.', suffix='.tmp', dir=fname.parent); os.close(fd)
-    try: torch.save(obj, tmp); os.replace(tmp, fname)
-    except BaseException:
+def atomic_file(path, write, error=None):
+    "Create `path` whole or not at all: `write(f)` fills a binary temp file beside it, fsync, os.replace; `error(e, path)` may reword an OSError."
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    except OSError as e:
+        if error is None: raise
+        raise error(e, path) from e
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush(); os.fsync(f.fileno())            # on disk before the rename makes it visible
+        os.replace(tmp, path)                          # atomic on POSIX and Windows: readers see the old or the new file
+    except BaseException as e:
         if os.path.exists(tmp): os.unlink(tmp)
+        if isinstance(e, OSError) and error is not None: raise error(e, path) from e
         raise
+    return path
+
+def save_atomic(obj, fname):
+    "`torch.save` `obj` straight into a temp file beside `fname`, then rename it into place (`atomic_file`)."
+    return atomic_file(fname, lambda f: torch.save(obj, f))
 
 def cached_images(files, size, cache_file, num_workers=None):
     "uint8 (N, 3, size, size) images of `files`: loaded from `cache_file` when its fingerprint matches, else decoded and saved."
@@ -442,7 +457,11 @@ def cached_images(files, size, cache_file, num_workers=None):
         except Exception as e:
             warnings.warn(f"image cache {cache_file} is unreadable ({type(e).__name__}: {e}); rebuilding it")
     x = decode_all(files, size, num_workers)
-    save_atomic({'fingerprint': fp, 'x': x}, cache_file)
+    try: save_atomic({'fingerprint': fp, 'x': x}, cache_file)
+    except (OSError, RuntimeError) as e:   # a full disk or read-only folder: train from memory, say how to keep a cache
+        warnings.warn(f"could not write the image cache {cache_file} ({type(e).__name__}: {e}); using the decoded images "
+                      "without a cache this time. Free some disk space or choose a writable cache folder (cache_dir=, "
+                      "exp-train --cache-dir)")
     return x
 
 # %% ../nbs/08_data_block.ipynb #a8a8a30b

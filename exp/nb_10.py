@@ -689,22 +689,8 @@ def write_error(e, path):
     return OSError(e.errno, msg) if e.errno is not None else OSError(msg)
 
 def atomic_write(path, data):
-    "Write `data` (str or bytes) to `path` via a temp file in the same folder, fsync and os.replace: never half a file."
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    except OSError as e: raise write_error(e, path) from e
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush(); os.fsync(f.fileno())            # on disk before the rename makes it visible
-        os.replace(tmp, path)                          # atomic on POSIX and Windows: readers see the old or the new file
-    except BaseException as e:
-        with contextlib.suppress(OSError): os.unlink(tmp)
-        if isinstance(e, OSError): raise write_error(e, path) from e   # same errno, plus the file's name and the fix
-        raise
-    return path
+    "Write `data` (str or bytes) to `path` with `atomic_file` (never half a file); an OSError names the file and the fix."
+    return atomic_file(path, lambda f: f.write(data.encode() if isinstance(data, str) else data), write_error)
 
 def atomic_save(obj, path):
     "torch.save `obj` to `path` atomically (serialised in memory, then `atomic_write`)."
