@@ -201,11 +201,11 @@ def init_cnn(m, uniform=False):
             if getattr(l[0], 'bias', None) is not None: l[0].bias.data.zero_()
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #e0001f7e
-def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False, **kwargs):
-    "A CNN from `get_cnn_model(data, nfs, layer, **kwargs)` with `init_cnn`, and its (learn, run) from `get_runner`."
+def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False, model_func=None, init_func=None, **kwargs):
+    "A CNN from `model_func(data, nfs, layer, **kwargs)` (default `get_cnn_model`), initialised by `init_func` (default `init_cnn`), and its (learn, run)."
     if isinstance(data, (list, tuple)) or not hasattr(data, 'train_dl'):
         raise TypeError(f"get_learn_run(data, nfs, layer, lr, ...): data must be a DataBunch, got {type(data).__name__} "
                         "(the argument order is data first, then nfs)")
-    model = get_cnn_model(data, nfs, layer, **kwargs)
-    init_cnn(model, uniform=uniform)
+    model = (model_func or get_cnn_model)(data, nfs, layer, **kwargs)
+    (init_func or init_cnn)(model, uniform=uniform)
     return get_runner(model, data, lr=lr, cbs=cbs, opt_func=opt_func)

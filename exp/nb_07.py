@@ -88,14 +88,11 @@ def init_cnn(m, uniform=False):
     "Kaiming init (normal, or uniform if `uniform`) of every conv layer in `m`, however deeply nested."
     init_cnn_(m, init.kaiming_uniform_ if uniform else init.kaiming_normal_)
 
+import exp.nb_06 as nb06
+
 def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False, **kwargs):
-    "A CNN from `get_cnn_model(data, nfs, layer, **kwargs)` with `init_cnn`, and its (learn, run) from `get_runner`."
-    if isinstance(data, (list, tuple)) or not hasattr(data, 'train_dl'):
-        raise TypeError(f"get_learn_run(data, nfs, layer, lr, ...): data must be a DataBunch, got {type(data).__name__} "
-                        "(the argument order is data first, then nfs)")
-    model = get_cnn_model(data, nfs, layer, **kwargs)
-    init_cnn(model, uniform=uniform)
-    return get_runner(model, data, lr=lr, cbs=cbs, opt_func=opt_func)
+    "Notebook 06's `get_learn_run` with `init_func` set to this notebook's `init_cnn` (every conv, however deeply nested)."
+    return nb06.get_learn_run(data, nfs, layer, lr, cbs, opt_func, uniform, init_func=kwargs.pop('init_func', init_cnn), **kwargs)
 
 # %% ../nbs/07_batchnorm.ipynb #df438a24
 class RunningBatchNorm(nn.Module):

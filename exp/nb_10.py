@@ -34,6 +34,8 @@ def prev_pow_2(x):
     return 2 ** math.floor(math.log2(x))
 
 # %% ../nbs/10_bag_of_tricks.ipynb #8a9dce48
+import exp.nb_07 as nb07
+
 def get_cnn_layers(data, nfs, layer, **kwargs):
     "The draft CNN: a 3-conv 3x3 stem sized from `data.c_in`, a stride-2 `layer` per entry of `nfs`, then pool and a linear head."
     if not getattr(data, 'c_in', None) or not getattr(data, 'c_out', None):
@@ -53,10 +55,8 @@ def get_cnn_model(data, nfs, layer, **kwargs):
     return nn.Sequential(*get_cnn_layers(data, nfs, layer, **kwargs))
 
 def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False, **kwargs):
-    "Build the draft CNN, Kaiming-initialise it and return `(learn, run)` from `get_runner`."
-    model = get_cnn_model(data, nfs, layer, **kwargs)
-    init_cnn(model, uniform=uniform)
-    return get_runner(model, data, lr=lr, cbs=cbs, opt_func=opt_func)
+    "Notebook 07's `get_learn_run` building this draft CNN (`model_func=get_cnn_model`); returns `(learn, run)`."
+    return nb07.get_learn_run(data, nfs, layer, lr, cbs, opt_func, uniform, model_func=get_cnn_model, **kwargs)
 
 # %% ../nbs/10_bag_of_tricks.ipynb #ad026c79
 def subset_per_class(il, n):
