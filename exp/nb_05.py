@@ -22,30 +22,47 @@ class CancelBatchException(Exception):
 
 # %% ../nbs/05_anneal.ipynb #a830127b
 class TerminateOnNaNCallback(Callback):
-    "Raise FloatingPointError naming epoch and batch as soon as the loss is nan or inf (checked in groups on accelerators)."
+    "Raise FloatingPointError naming epoch and batch as soon as the loss is nan or inf (on accelerators: in groups, without waiting)."
     order = -10
     def __init__(self, check_every=None): self.check_every = check_every
     @property
     def name(self): return 'terminate_on_nan'                 # camel2snake would split 'NaN' into 'na_n'
-    def begin_fit(self): self.pending, self.every = [], self.check_every
+    def begin_fit(self): self.pending, self.inflight, self.every = [], [], self.check_every
 
     def after_loss(self):
         loss = self.run.loss.detach()
         if self.every is None: self.every = 1 if loss.device.type == 'cpu' else 16
-        if self.every == 1 and loss.numel() == 1:
+        if self.every == 1 and loss.numel() == 1 and loss.device.type == 'cpu':
             if not math.isfinite(loss.item()): self.fail(loss.item(), self.run.epoch, self.run.iter, self.run.in_train)
             return
         self.pending.append((loss, self.run.epoch, self.run.iter, self.run.in_train))
-        if len(self.pending) >= self.every: self.check()
+        if len(self.pending) >= self.every: self.launch()
+        self.poll()
+
+    def launch(self):
+        "Start moving the pending losses' finiteness flags to the host: on CUDA without waiting (pinned copy + event)."
+        if not self.pending: return
+        ok = torch.stack([l.float().reshape(-1)[:1] for l, *_ in self.pending]).isfinite().reshape(-1)  # (n, 1) -> (n,)
+        if ok.device.type == 'cuda': host, ev = ok.to('cpu', non_blocking=True), torch.cuda.Event()
+        else: host, ev = ok.cpu(), None
+        if ev is not None: ev.record()
+        self.inflight.append((host, ev, self.pending)); self.pending = []
+
+    def poll(self, wait=False):
+        "Raise for the first non-finite loss among the groups whose flags have arrived (all groups, waiting, if `wait`)."
+        while self.inflight:
+            host, ev, group = self.inflight[0]
+            if ev is not None and not ev.query():
+                if not wait: return
+                ev.synchronize()
+            self.inflight.pop(0)
+            if not bool(host.all()):
+                l, epoch, it, in_train = group[int((~host).nonzero()[0])]
+                self.fail(l.reshape(-1)[0].item(), epoch, it, in_train)
 
     def check(self):
-        "Check the losses kept so far (one host sync) and raise for the first non-finite one."
-        if not self.pending: return
-        bad = ~torch.stack([l.float().reshape(-1)[:1] for l, *_ in self.pending]).isfinite().reshape(-1)
-        pending, self.pending = self.pending, []
-        if bool(bad.any()):
-            l, epoch, it, in_train = pending[int(bad.nonzero()[0])]
-            self.fail(l.reshape(-1)[0].item(), epoch, it, in_train)
+        "Check every loss seen so far (waits for the device) and raise for the first non-finite one."
+        self.launch(); self.poll(wait=True)
 
     def begin_validate(self): self.check()
     def after_epoch(self): self.check()

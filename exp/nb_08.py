@@ -516,8 +516,7 @@ class TensorBatchLoader:
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1: raise ValueError(f"TensorBatchLoader: bs must be an int >= 1, got {bs!r}")
         if len(x) != len(y): raise ValueError(f"TensorBatchLoader: {len(x)} images but {len(y)} labels")
         self.device = torch.device(device) if device is not None else x.device
-        self.x = x.pin_memory() if self.device.type == 'cuda' and x.device.type == 'cpu' else x
-        self.y = torch.as_tensor(y).to(self.device)
+        self.x, self.y = x, torch.as_tensor(y).to(self.device)
         self.bs, self.size, self.train, self.crop_scale, self.channels_last = bs, size, train, scale, channels_last
         self.drop_last = train if drop_last is None else drop_last
         # x/255 then (x - mean)/std is one per-channel affine map x*scale - shift, applied after the crop: bilinear
@@ -534,25 +533,34 @@ class TensorBatchLoader:
     @property
     def dataset(self): return self
 
+    def gather(self, idx):
+        "The uint8 images at `idx` (on the cache's device) on `self.device`; from host memory through a pinned buffer, without waiting."
+        if self.x.device == self.device: return self.x.index_select(0, idx)
+        xb = torch.empty((len(idx), *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=self.device.type == 'cuda')
+        return torch.index_select(self.x, 0, idx, out=xb).to(self.device, non_blocking=True)
+
     def float_batch(self, idx):
         "The uint8 images at `idx` on the device as floats 0..255, in a buffer that the next call overwrites."
-        xb = self.x.index_select(0, idx.to(self.x.device)).to(self.device, non_blocking=True)
+        xb = self.gather(idx.to(self.x.device))
         if self._buf is None or self._buf.shape != xb.shape: self._buf = torch.empty(xb.shape, device=self.device)
         return self._buf.copy_(xb)
 
-    def batch(self, idx):
+    def batch(self, idx, idx_dev=None):
         "The batch of the items at `idx`: gathered, copied to the device, converted, augmented and normalised."
         xf = self.float_batch(idx)
         xb = batch_random_resized_crop(xf, self.size, self.crop_scale) if self.train else batch_resize(xf, self.size)
         if xb is xf: self._buf = None                                  # no resize needed: the buffer becomes this batch
         xb = xb.mul_(self.scale).sub_(self.shift)                                                    # to [0, 1], normalised
         if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
-        return xb, self.y[idx.to(self.y.device)]
+        return xb, self.y[idx.to(self.device) if idx_dev is None else idx_dev]
 
     def __getitem__(self, i): return self.batch(torch.tensor([i]))[0][0], self.y[i]
     def __iter__(self):
         idx = torch.randperm(len(self.y), generator=self.gen) if self.train else torch.arange(len(self.y))
-        for i in range(len(self)): yield self.batch(idx[i * self.bs:(i + 1) * self.bs])
+        ix, iy = idx.to(self.x.device), idx.to(self.device)   # once an epoch: a copy to a GPU inside the loop would wait for it
+        for i in range(len(self)):
+            s = slice(i * self.bs, (i + 1) * self.bs)
+            yield self.batch(ix[s], iy[s])
 
 def split_cache_file(il, split, size, cache_dir=None):
     "Cache file of one split: `<cache_dir or the dataset folder/.exp-cache>/<split>-<size>px-<hash of the folder>.pt`."

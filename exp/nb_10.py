@@ -277,15 +277,18 @@ class MixUp(Callback):
         if alpha <= 0: raise ValueError(f"mixup alpha must be > 0, got {alpha!r}")
         self.alpha = alpha
     def begin_fit(self):
-        self.distrib = torch.distributions.Beta(tensor([float(self.alpha)]), tensor([float(self.alpha)]))
+        self.distrib = None
         self.old_loss_func = self.run.learn.loss_func
         self.run.learn.loss_func = self.loss_func
     def after_fit(self): self.run.learn.loss_func = self.old_loss_func
     def begin_batch(self):
         if not self.in_train: return
-        bs = self.yb.shape[0]
+        bs, dev = self.yb.shape[0], self.xb.device
+        if self.distrib is None:                           # sample on the batch's device: no copy that waits for a GPU
+            a = torch.tensor([float(self.alpha)], device=dev)
+            self.distrib = torch.distributions.Beta(a, a)
         lam = self.distrib.sample((bs,))[:, 0]            # (bs, 1) -> (bs,)
-        lam = torch.maximum(lam, 1 - lam).to(self.xb.device)  # keep the original image dominant, so yb stays the main label
+        lam = torch.maximum(lam, 1 - lam)                 # keep the original image dominant, so yb stays the main label
         shuffle = torch.randperm(bs, device=self.xb.device)
         self.lam, self.yb1 = lam, self.yb[shuffle]
         self.run.xb = lin_comb(self.xb, self.xb[shuffle], lam.view(-1, *[1] * (self.xb.dim() - 1)))  # (bs,) -> (bs, 1, 1, 1) for images

@@ -84,6 +84,35 @@ def ceiling(bs, device, size=128, steps=30):
     return bs * steps / (time.time() - t0)
 
 
+def count_syncs(device='cuda', epochs=2, n=1280, bs=64):
+    "Host syncs inside the training loop: xresnet18 + every trick on the fast path, CUDA sync debug mode, per epoch."
+    import warnings, torch
+    from dataclasses import replace
+    from exp.nb_10 import BAG, TensorBatchLoader, DataBunch, Callback, build_learner, imagenette_stats
+    dev, cuda = torch.device(device), torch.device(device).type == 'cuda'
+    def loader(train):
+        x = torch.randint(0, 256, (n, 3, 160, 160), dtype=torch.uint8, device=dev)
+        return TensorBatchLoader(x, torch.randint(0, 10, (n,)), bs, 128, train=train, device=dev, mean=imagenette_stats[0],
+                                 std=imagenette_stats[1], seed=0)
+    class Count(Callback):
+        order = -100   # before the nan guard's check at begin_validate, which may wait on purpose
+        def __init__(self, log): self.log, self.counts = log, []
+        def begin_epoch(self): self.start = len(self.log)
+        def begin_validate(self): self.counts.append(len(self.log) - self.start)
+    data = DataBunch(loader(True), loader(False), c_in=3, c_out=10)
+    learn, run = build_learner(data, replace(BAG, arch='xresnet18'), device=dev)
+    run.logger = lambda *a, **k: None
+    run.fit(1, learn)                                     # warm-up: cuDNN autotuning, allocator
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter('always')
+        if cuda: torch.cuda.set_sync_debug_mode('warn')
+        try:
+            cnt = Count(log); run.add_cbs([cnt]); run.fit(epochs, learn)
+        finally:
+            if cuda: torch.cuda.set_sync_debug_mode(0)
+    return cnt.counts, len(data.train_dl), sorted({str(w.message)[:80] for w in log})[:5]
+
+
 METRIC_KEYS = {'epoch', 'train_loss', 'train_acc', 'valid_loss', 'valid_acc', 'lr', 'seconds'}   # exp.nb_10's RunLogger rows
 
 
@@ -166,6 +195,11 @@ def main():
     rep = Report(a.out, device=device, epochs=a.epochs, smoke=a.smoke)
     rep.res['ceiling'] = {bs: ceiling(bs, device, size, steps=2 if a.smoke else 30) for bs in (64, 256)}
     for bs, c in rep.res['ceiling'].items(): rep.add(f'model-only ceiling, xresnet50, bs {bs}', f'{c:,.0f} img/s', '')
+    if device == 'cuda':
+        counts, n_batches, kinds = count_syncs()
+        rep.res['syncs'] = dict(per_epoch=counts, batches_per_epoch=n_batches, kinds=kinds)
+        rep.add('host syncs in the training loop (xresnet18, all tricks, fast path)', f'{counts} per epoch',
+                f'{n_batches} batches an epoch; CUDA sync debug mode')
     rep.save()
     last = len(EXP_RUNS) - 1                  # the torch.compile run goes last: the slowest to start, the least needed
     for i, (name, bs, extra) in enumerate(EXP_RUNS[:last]): run_exp(rep, i, name, bs, extra, a, device, size, limit); rep.save()
