@@ -9,7 +9,7 @@ Fast path: `fast_databunch` — each image decoded once into a uint8 cache (epoc
 crop, flip and normalisation on whole batches on the device. Both paths are timed to the point where a batch sits on the
 device, ready for the model (CUDA is synchronised before each clock read). Prints a table; asserts nothing.
 """
-import argparse, os, shutil, sys, tempfile, time
+import argparse, shutil, tempfile, time
 from exp.nb_08 import *
 
 
@@ -64,6 +64,7 @@ def main(argv=None):
     base = sum(r[2] for r in rows if r[0].startswith('per-item')) / a.epochs
     print(f'\n| path | epoch | img/s | vs per-item (mean) |\n| --- | --- | --- | --- |')
     for name, e, s in rows: print(f'| {name} | {e} | {s:,.0f} | {s / base:.1f}x |')
+    return rows
 
 
 if __name__ == '__main__': main()

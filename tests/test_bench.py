@@ -1,0 +1,18 @@
+"""Smoke runs of the CPU benchmarks at tiny sizes: they run end to end and their own checks hold. No timing is asserted
+(speed is read from the tables `python3 dev.py bench` prints, never from a timed test)."""
+import bench_pipeline, bench_runner
+
+
+def test_bench_runner_quick(capsys):
+    rows = bench_runner.main(['--quick'])
+    assert len(rows) == 2 and all(r[4] for r in rows)              # both loops end with bit-identical weights
+    out = capsys.readouterr().out
+    assert 'Runner / bare (median of paired ratios)' in out and 'process CPU time' in out
+
+
+def test_bench_pipeline_quick(capsys):
+    rows = bench_pipeline.main(['--quick', '--workers', '0'])
+    assert [(r[0], r[1]) for r in rows] == [('per-item DataLoader', 1), ('per-item DataLoader', 2),
+                                            ('fast path (decode + cache + epoch)', 1), ('fast path', 2)]
+    assert all(r[2] > 0 for r in rows)
+    assert '| fast path | 2 |' in capsys.readouterr().out
