@@ -4,7 +4,8 @@
 __all__ = ['hyper_rules', 'torch_names', 'sgd_step', 'weight_decay', 'l2_reg', 'get_defaults', 'maybe_update', 'check_hyper',
            'check_hyper_names', 'check_hypers', 'HyperView', 'as_param_groups', 'Optimizer', 'sgd_opt', 'Stat',
            'StatefulOptimizer', 'AverageGrad', 'momentum_step', 'sgd_mom_opt', 'lin_comb', 'debias', 'AverageSqrGrad',
-           'StepCount', 'adam_step', 'adam_opt', 'lamb_step', 'lamb']
+           'StepCount', 'adam_step', 'adam_opt', 'lamb_step', 'lamb', 'radam_step', 'SlowWeights', 'lookahead_step',
+           'ranger', 'Lookahead']
 
 # %% ../nbs/09_optimizers.ipynb #d1705b40
 from .nb_08 import *
@@ -335,3 +336,78 @@ lamb_step._defaults = dict(eps=1e-6, wd=0.)
 def lamb(params, **hypers):
     "LAMB optimizer (You et al. 2019): a StatefulOptimizer with lamb_step and Adam's statistics."
     return StatefulOptimizer(params, lamb_step, stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount()], **hypers)
+
+# %% ../nbs/09_optimizers.ipynb #b94c9364
+hyper_rules.update(k=(lambda v: v >= 1 and v == int(v), 'must be a whole number >= 1'),
+                   alpha=(lambda v: 0 < v <= 1, 'must be in (0, 1]'))
+
+def radam_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg, eps, **kwargs):
+    "RAdam: Adam's step times the rectification r_t once rho_t > 5; before that a step along the debiased gradient average."
+    debias1, debias2 = debias(mom, mom_damp, step), debias(sqr_mom, sqr_damp, step)
+    rho_inf = 2 / (1 - sqr_mom) - 1
+    rho = rho_inf - 2 * step * sqr_mom**step / (1 - sqr_mom**step)
+    if rho > 5:
+        r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        p.addcdiv_(grad_avg, sqr_avg.sqrt() + eps, value=-lr * r * math.sqrt(debias2) / debias1)
+    else: p.add_(grad_avg, alpha=-lr / debias1)
+    return p
+radam_step._defaults = dict(eps=1e-6)
+
+class SlowWeights(Stat):
+    "Lookahead's slow copy of each parameter, in state['slow'], taken before its first step."
+    def init_state(self, p): return {'slow': p.detach().clone()}
+    def update(self, p, state, **kwargs): return state
+
+def lookahead_step(p, step, slow, k, alpha, **kwargs):
+    "Lookahead: every `k` steps move the slow weights `alpha` of the way to p, then restart p from them."
+    if step % k == 0:
+        slow.add_(p - slow, alpha=alpha)
+        p.copy_(slow)
+    return p
+lookahead_step._defaults = dict(k=6, alpha=0.5)
+
+def ranger(params, **hypers):
+    "Ranger: RAdam with decoupled weight decay inside Lookahead, as one StatefulOptimizer (defaults k=6, alpha=0.5)."
+    return StatefulOptimizer(params, [weight_decay, radam_step, lookahead_step],
+                             stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount(), SlowWeights()], **hypers)
+
+class Lookahead:
+    "Lookahead around any torch-style optimizer `opt`: every `k` steps slow += alpha * (fast - slow), then fast = slow."
+    def __init__(self, opt, k=6, alpha=0.5):
+        check_hyper('k', k); check_hyper('alpha', alpha)
+        self.opt, self.k, self.alpha, self.count, self.slow = opt, int(k), alpha, 0, None
+    @property
+    def param_groups(self): return self.opt.param_groups
+    @property
+    def state(self): return self.opt.state
+    @property
+    def defaults(self): return self.opt.defaults
+    def params(self): return [p for pg in self.param_groups for p in pg['params']]
+    def zero_grad(self, set_to_none=True): self.opt.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        "One step of the inner optimizer; every `k`-th step also moves the slow weights and restarts the fast ones."
+        ps = self.params()
+        if self.slow is None: self.slow = [p.detach().clone() for p in ps]          # made on the parameters' device
+        loss = self.opt.step(closure)
+        self.count += 1
+        if self.count % self.k == 0:
+            for i, (s, p) in enumerate(zip(self.slow, ps)):
+                if s.device != p.device: s = self.slow[i] = s.to(p.device)        # e.g. loaded from a CPU checkpoint
+                s.add_(p - s, alpha=self.alpha)
+                p.copy_(s)
+        return loss
+
+    def state_dict(self):
+        "The inner optimizer's state_dict plus the step count and the slow weights."
+        return {'opt': self.opt.state_dict(), 'count': self.count, 'k': self.k, 'alpha': self.alpha, 'slow': self.slow}
+    def load_state_dict(self, sd):
+        "Restore what `state_dict` saved (the slow weights are copied to each parameter's device)."
+        if not isinstance(sd, dict) or not {'opt', 'count', 'slow'} <= set(sd):
+            raise ValueError("Lookahead.load_state_dict expects a dict from Lookahead.state_dict() (keys opt, count, slow)")
+        self.opt.load_state_dict(sd['opt'])
+        self.count, self.k, self.alpha = sd['count'], sd.get('k', self.k), sd.get('alpha', self.alpha)
+        self.slow = None if sd['slow'] is None else [s.to(p.device, copy=True) for s, p in zip(sd['slow'], self.params())]
+        return self
+    def __repr__(self): return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.opt!r})"

@@ -384,6 +384,7 @@ def test_keyboard_interrupt_during_train_leaves_no_partial_file(tiny, tmp_path, 
     (['--epochs', '0'], 'argument --epochs: must be > 0, got 0'),
     (['--tricks', 'mixup,dropout'], "argument --tricks: unknown trick(s) 'dropout': choose from bcd"),
     (['--arch', 'vgg16'], "argument --arch: invalid choice: 'vgg16'"),
+    (['--opt', 'adam'], "argument --opt: invalid choice: 'adam'"),
 ])
 def test_bad_hyperparameters_cli(args, msg, tiny, tmp_path, capsys):
     out = tmp_path / 'run'
@@ -399,6 +400,7 @@ def test_bad_hyperparameters_cli(args, msg, tiny, tmp_path, capsys):
     (dict(size=-3), ValueError, 'size must be a positive int, got -3'),
     (dict(workers=-1), ValueError, 'workers must be None or an int >= 0'),
     (dict(pipeline='turbo'), ValueError, 'pipeline must be one of auto, per-item, fast'),
+    (dict(opt='adam'), ValueError, 'opt must be one of sgd, ranger'),
     (dict(tricks='mixup,dropout'), ValueError, "unknown trick(s) 'dropout'"),
     (dict(arch='vgg16'), ValueError, "unknown arch 'vgg16': choose one of draft-cnn"),
 ])

@@ -170,7 +170,8 @@ class CtrlCAfterFirstEpoch(Callback):
     order = 30
     def after_epoch(self):
         if self.epoch == 0: raise KeyboardInterrupt
-try: train(Path(sys.argv[1]), 32, 2, 8, None, 'draft-cnn', 'all', 'cpu', 0, 0, Path(sys.argv[2]), None, False, cbs=[CtrlCAfterFirstEpoch()])
+try: train(Path(sys.argv[1]), 32, 2, 8, None, 'draft-cnn', 'all', 'cpu', 0, 0, Path(sys.argv[2]), None, False,
+           cbs=[CtrlCAfterFirstEpoch()], opt=sys.argv[3])
 except KeyboardInterrupt: print('interrupted')
 """
 
@@ -179,12 +180,15 @@ def _env():
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='2')
 
 
-def test_resume_matches_uninterrupted_run(folder, tmp_path, capsys):
+@pytest.mark.parametrize('opt', ['sgd', 'ranger'])
+def test_resume_matches_uninterrupted_run(opt, folder, tmp_path, capsys):
     "A 2-epoch run stopped by KeyboardInterrupt after epoch 1, resumed with `--resume`, ends like the run done in one go."
     whole, cut = tmp_path / 'whole', tmp_path / 'cut'
-    p = _run('--data', folder, *TINY, '--arch', 'draft-cnn', '--out', whole)   # every trick on: mixup's draws must be restored
+    p = _run('--data', folder, *TINY, '--arch', 'draft-cnn', '--opt', opt, '--out', whole)   # every trick on: mixup's draws must be restored
     assert p.returncode == 0, p.stderr[-3000:]
-    p = subprocess.run([sys.executable, '-c', STOP_AFTER_EPOCH_1, str(folder), str(cut)], cwd=ROOT, env=_env(),
+    cfg = json.loads((whole / 'config.json').read_text())
+    assert cfg['args']['opt'] == cfg['recipe']['opt'] == opt and cfg['recipe']['lr'] == (8e-3 if opt == 'ranger' else 0.3)
+    p = subprocess.run([sys.executable, '-c', STOP_AFTER_EPOCH_1, str(folder), str(cut), opt], cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and 'interrupted' in p.stdout, p.stderr[-3000:]
     assert len(json.loads((cut / 'metrics.json').read_text())) == 1 and not (cut / 'model.pt').exists()
@@ -193,6 +197,8 @@ def test_resume_matches_uninterrupted_run(folder, tmp_path, capsys):
     assert json.loads((cut / 'config.json').read_text())['args']['pipeline'] == 'fast'   # resumed with its own pipeline
     err = _cli_error(capsys, ['--resume', cut, '--pipeline', 'per-item'])
     assert '--pipeline per-item conflict(s)' in err and "pipeline='fast'" in err
+    other = 'sgd' if opt == 'ranger' else 'ranger'
+    assert f'--opt {other} conflict(s)' in _cli_error(capsys, ['--resume', cut, '--opt', other])
     p = _run('--resume', cut, '--no-progress', '--epochs', '2')                  # the same value is not a conflict
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = [json.loads((d / 'metrics.json').read_text()) for d in (whole, cut)]

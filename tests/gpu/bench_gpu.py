@@ -23,6 +23,7 @@ NO_MIXUP = 'bcd,zero_gamma,no_bias_decay,warmup_cosine,label_smoothing,mixed_pre
 EXP_RUNS = [   # (name, batch size, extra exp-train arguments)
     ('bag of tricks (all), bs 64', 64, []),
     ('all but mixup, bs 64', 64, ['--tricks', NO_MIXUP]),
+    ('all but mixup, ranger (fastai\'s optimiser), bs 64', 64, ['--tricks', NO_MIXUP, '--opt', 'ranger']),
     ('all but mixup, bs 256, lr 0.4', 256, ['--tricks', NO_MIXUP, '--lr', '0.4']),
     ('all but mixup, bs 256, lr 0.4, --compile', 256, ['--tricks', NO_MIXUP, '--lr', '0.4', '--compile']),
 ]
