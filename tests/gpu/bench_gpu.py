@@ -64,10 +64,11 @@ def timed(cmd, log, env=None):
     return time.time() - t0, out, r.returncode
 
 
-def ceiling(bs, device, size=128, steps=30):
+def ceiling(bs, device, size=128, steps=30, benchmark=False):
     "Model-only train img/s of xresnet50 at `size` px (bf16 autocast on CUDA, channels_last, SGD), data already on the device."
     import torch
     from exp.nb_10 import xresnet50
+    torch.backends.cudnn.benchmark = benchmark          # cuDNN autotuning of conv algorithms (exp-train leaves it off)
     dev = torch.device(device)
     m = xresnet50(c_out=10).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
@@ -196,6 +197,12 @@ def main():
     rep = Report(a.out, device=device, epochs=a.epochs, smoke=a.smoke)
     rep.res['ceiling'] = {bs: ceiling(bs, device, size, steps=2 if a.smoke else 30) for bs in (64, 256)}
     for bs, c in rep.res['ceiling'].items(): rep.add(f'model-only ceiling, xresnet50, bs {bs}', f'{c:,.0f} img/s', '')
+    if device == 'cuda':
+        tuned = {bs: ceiling(bs, device, size, benchmark=True) for bs in (64, 256)}
+        rep.res['ceiling_cudnn_benchmark'] = tuned
+        for bs, c in tuned.items():
+            rep.add(f'  the same with cudnn.benchmark, bs {bs}', f'{c:,.0f} img/s', f'{c / rep.res["ceiling"][bs]:.2f}x')
+        import torch; torch.backends.cudnn.benchmark = False
     if device == 'cuda':
         counts, n_batches, kinds = count_syncs()
         rep.res['syncs'] = dict(per_epoch=counts, batches_per_epoch=n_batches, kinds=kinds)
