@@ -516,6 +516,8 @@ class TensorBatchLoader:
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1: raise ValueError(f"TensorBatchLoader: bs must be an int >= 1, got {bs!r}")
         if len(x) != len(y): raise ValueError(f"TensorBatchLoader: {len(x)} images but {len(y)} labels")
         self.device = torch.device(device) if device is not None else x.device
+        if self.device.type != 'cpu' and self.device.index is None:      # 'cuda' -> 'cuda:0', so that it compares equal
+            self.device = torch.empty(0, device=self.device).device      # to the device of a tensor moved there
         self.x, self.y = x, torch.as_tensor(y).to(self.device)
         self.bs, self.size, self.train, self.crop_scale, self.channels_last = bs, size, train, scale, channels_last
         self.drop_last = train if drop_last is None else drop_last
