@@ -60,6 +60,24 @@ def test_model_loads_weights_only(run_dir):
     m.load_state_dict(ck['state_dict'])                          # strict: every key matches
 
 
+def test_fastai_like_recipe(folder, tmp_path):
+    "--opt ranger --act mish --schedule flat-cos: recorded in config.json and model.pt; predict rebuilds the Mish model."
+    from exp.nb_10 import load_run, predict, TRICKS
+    out = tmp_path / 'fastai-like'
+    p = _run('--data', folder, '--epochs', '2', '--size', '32', '--bs', '8', '--workers', '0', '--device', 'cpu', '--no-progress',
+             '--opt', 'ranger', '--act', 'mish', '--schedule', 'flat-cos', '--tricks', ','.join(t for t in TRICKS if t != 'mixup'),
+             '--out', out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((out / 'config.json').read_text())['recipe']
+    assert (r['opt'], r['act'], r['schedule'], r['lr'], r['mixup']) == ('ranger', 'mish', 'flat-cos', 8e-3, 0.)
+    assert torch.load(out / 'model.pt', weights_only=True)['act'] == 'mish'
+    model, info = load_run(out)
+    assert any(isinstance(m, torch.nn.Mish) for m in model.modules())
+    lrs = [row['lr'] for row in json.loads((out / 'metrics.json').read_text())]   # the lr of each epoch's last batch
+    assert lrs[0] == 8e-3 and 5e-3 < lrs[1] < 7e-3          # flat for 75 % of the 6 batches, then cosine (batch 6: ~6e-3)
+    assert len(predict(sorted((folder / 'val').glob('*/*.jpg'))[:2], out)) == 2
+
+
 def test_predict(run_dir, folder):
     from exp.nb_10 import predict
     imgs = sorted((folder / 'val').glob('*/*.jpg'))
@@ -138,6 +156,9 @@ def _cli_error(capsys, argv):
     (['--workers', '-2'], 'argument --workers: must be >= 0'),
     (['--tricks', 'mixup,dropout'], "unknown trick(s) 'dropout'"),
     (['--arch', 'vgg16'], 'argument --arch: invalid choice'),
+    (['--act', 'gelu'], 'argument --act: invalid choice'),
+    (['--schedule', 'step'], 'argument --schedule: invalid choice'),
+    (['--arch', 'draft-cnn', '--act', 'mish'], "options that do not go together: act='mish' applies to the xresnets"),
 ])
 def test_bad_args(args, msg, folder, capsys):
     err = _cli_error(capsys, args if args[0] == '--data' else ['--data', folder, *args])

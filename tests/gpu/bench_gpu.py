@@ -23,7 +23,8 @@ NO_MIXUP = 'bcd,zero_gamma,no_bias_decay,warmup_cosine,label_smoothing,mixed_pre
 EXP_RUNS = [   # (name, batch size, extra exp-train arguments)
     ('bag of tricks (all), bs 64', 64, []),
     ('all but mixup, bs 64', 64, ['--tricks', NO_MIXUP]),
-    ('all but mixup, ranger (fastai\'s optimiser), bs 64', 64, ['--tricks', NO_MIXUP, '--opt', 'ranger']),
+    ('fastai\'s recipe (no mixup, ranger, Mish, flat-cos), bs 64', 64,
+     ['--tricks', NO_MIXUP, '--opt', 'ranger', '--act', 'mish', '--schedule', 'flat-cos']),
     ('all but mixup, bs 256, lr 0.4', 256, ['--tricks', NO_MIXUP, '--lr', '0.4']),
     ('all but mixup, bs 256, lr 0.4, --compile', 256, ['--tricks', NO_MIXUP, '--lr', '0.4', '--compile']),
 ]
