@@ -1017,9 +1017,8 @@ def check_train_args(size, epochs, bs, lr, arch, tricks, device, seed, workers, 
         except (RuntimeError, TypeError) as e: raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from e
     cfg = replace(BAG, arch=arch).with_tricks(tricks)      # unknown arch or trick: ValueError naming it
     if arch == 'draft-cnn': cfg = replace(cfg, lr=DRAFT.lr, mom=DRAFT.mom, wd=DRAFT.wd)  # the draft's optimiser
-    if opt not in OPTS: raise ValueError(f"opt must be one of {', '.join(OPTS)}, got {opt!r}")
-    if opt == 'ranger': cfg = replace(cfg, **RANGER)
-    cfg = replace(cfg, act=act, schedule=schedule)         # unknown act or schedule: ValueError naming it
+    cfg = replace(cfg, **RANGER) if opt == 'ranger' else replace(cfg, opt=opt)
+    cfg = replace(cfg, act=act, schedule=schedule)         # an unknown opt, act or schedule: ValueError naming it
     return cfg if lr is None else replace(cfg, lr=lr)
 
 def settle_failed_run(out, exc=None, created=True):

@@ -400,7 +400,7 @@ def test_bad_hyperparameters_cli(args, msg, tiny, tmp_path, capsys):
     (dict(size=-3), ValueError, 'size must be a positive int, got -3'),
     (dict(workers=-1), ValueError, 'workers must be None or an int >= 0'),
     (dict(pipeline='turbo'), ValueError, 'pipeline must be one of auto, per-item, fast'),
-    (dict(opt='adam'), ValueError, 'opt must be one of sgd, ranger'),
+    (dict(opt='adam'), ValueError, "unknown opt 'adam': choose one of sgd, ranger"),
     (dict(act='gelu'), ValueError, "unknown act 'gelu': choose one of relu, mish"),
     (dict(schedule='step'), ValueError, "unknown schedule 'step': choose one of auto, flat-cos"),
     (dict(tricks='mixup,dropout'), ValueError, "unknown trick(s) 'dropout'"),
