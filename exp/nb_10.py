@@ -116,17 +116,21 @@ def resolve_pipeline(pipeline, distributed=False):
                          "path has none): use --pipeline per-item (or auto)")
     return pipeline
 
-def folder_databunch(path, size=128, bs=64, limit=None, num_workers=None, pipeline='per-item', device=None, seed=None, cache_dir=None):
+def folder_databunch(path, size=128, bs=64, limit=None, num_workers=None, pipeline='per-item', device=None, seed=None, cache_dir=None,
+                     crop='square'):
     "The data of an ImageNet-style folder (train/ and val/ of class folders), optionally `limit` images per class, by `pipeline`."
     path = check_image_folder(path)
     pipeline = resolve_pipeline(pipeline)
+    if crop != 'square' and pipeline != 'fast':
+        raise ValueError(f"crop={crop!r} chooses where the fast pipeline's random crops come from; the per-item pipeline "
+                         "squashes whole images and has no random crops: use pipeline='fast' or crop='square'")
     il = subset_per_class(ImageList.from_files(path, tfms=image_tfms(size)), limit)
     sd = SplitData.split_by_func(il, partial(grandparent_splitter, valid_name='val'))
     proc = CategoryProcesser()
     ll = label_by_func(sd, parent_labeler, proc_y=proc)
     if len(ll.train) == 0 or len(ll.valid) == 0: raise FileNotFoundError(f"no images found under {path}/train or {path}/val")
     if pipeline == 'fast':   # decoded once into a uint8 cache; batches cropped, flipped and normalised on `device`
-        data = fast_databunch(ll, size, bs, device=device, cache_dir=cache_dir, num_workers=num_workers, seed=seed)
+        data = fast_databunch(ll, size, bs, device=device, cache_dir=cache_dir, num_workers=num_workers, seed=seed, crop=crop)
     else: data = ll.to_databunch(bs, c_in=3, c_out=len(proc.vocab), num_workers=num_workers)
     data.vocab, data.pipeline, data.n_train, data.n_valid = list(proc.vocab), pipeline, len(ll.train), len(ll.valid)
     return data
@@ -998,11 +1002,11 @@ def plot_run(rows, lrs, path=None):
 
 # %% ../nbs/10_bag_of_tricks.ipynb #09649a59
 # what defines a run: saved in config.json, fixed on --resume
-TRAIN_ARGS = ('data', 'size', 'epochs', 'bs', 'lr', 'arch', 'tricks', 'seed', 'limit', 'pipeline', 'opt', 'act', 'schedule')
-LATER_ARGS = {'pipeline': 'per-item', 'opt': 'sgd', 'act': 'relu', 'schedule': 'auto'}   # their values in runs saved before they existed
+TRAIN_ARGS = ('data', 'size', 'epochs', 'bs', 'lr', 'arch', 'tricks', 'seed', 'limit', 'pipeline', 'opt', 'act', 'schedule', 'crop')
+LATER_ARGS = {'pipeline': 'per-item', 'opt': 'sgd', 'act': 'relu', 'schedule': 'auto', 'crop': 'square'}   # their values in runs saved before they existed
 
 def check_train_args(size, epochs, bs, lr, arch, tricks, device, seed, workers, limit, pipeline, opt='sgd', act='relu',
-                     schedule='auto'):
+                     schedule='auto', crop='square'):
     "Raise a ValueError naming the first bad argument of `train`, before anything is created; returns the recipe (TrickConfig)."
     is_int = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
     for name, v in (('size', size), ('epochs', epochs), ('bs', bs)):
@@ -1012,6 +1016,7 @@ def check_train_args(size, epochs, bs, lr, arch, tricks, device, seed, workers, 
     if workers is not None and (not is_int(workers) or workers < 0): raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
     if limit is not None and (not is_int(limit) or limit < 1): raise ValueError(f"limit must be None or a positive int (images per class), got {limit!r}")
     if pipeline not in PIPELINES: raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+    if crop not in DECODERS: raise ValueError(f"crop must be one of {', '.join(DECODERS)}, got {crop!r}")
     if device != 'auto':
         try: torch.device(device)
         except (RuntimeError, TypeError) as e: raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from e
@@ -1042,9 +1047,9 @@ def settle_failed_run(out, exc=None, created=True):
 
 def train(data_path=None, size=128, epochs=5, bs=64, lr=None, arch='xresnet18', tricks='all', device='auto', seed=0,
           workers=None, out=None, limit=None, progress=True, resume=None, cbs=None, pipeline='auto', cache_dir=None,
-          compile_model=False, opt='sgd', act='relu', schedule='auto'):
+          compile_model=False, opt='sgd', act='relu', schedule='auto', crop='square'):
     "Train `arch` with `tricks` on an ImageNet-style folder (default Imagenette-160); save a run folder (checkpoint every epoch)."
-    cfg = check_train_args(size, epochs, bs, lr, arch, tricks, device, seed, workers, limit, pipeline, opt, act, schedule)
+    cfg = check_train_args(size, epochs, bs, lr, arch, tricks, device, seed, workers, limit, pipeline, opt, act, schedule, crop)
     distributed = dist_env().world_size > 1          # started by torchrun with several processes
     pipeline = resolve_pipeline(pipeline, distributed)
     if data_path is not None: check_image_folder(data_path)
@@ -1058,11 +1063,11 @@ def train(data_path=None, size=128, epochs=5, bs=64, lr=None, arch='xresnet18', 
             if main_proc: check_run_dir(out)
         out = Path(broadcast_object(str(out)))       # every rank uses rank 0's folder name (the timestamps may differ)
         if data_path is None: data_path = main_process_first(datasets.untar_data, datasets.URLs.IMAGENETTE_160)
-        data = folder_databunch(data_path, size, bs, limit, workers, pipeline, dev, seed, cache_dir)   # before the folder exists
+        data = folder_databunch(data_path, size, bs, limit, workers, pipeline, dev, seed, cache_dir, crop)   # before the folder exists
         created = resume is None and main_proc and not out.exists()
         if resume is None and main_proc: prepare_run_dir(out)
         try: return _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, workers, limit, pipeline,
-                            cache_dir, data_path, progress, resume, cbs, distributed, compile_model)
+                            cache_dir, data_path, progress, resume, cbs, distributed, compile_model, crop)
         except BaseException as e:
             if main_proc: settle_failed_run(out, e, created=created or resume is not None)
             raise
@@ -1070,11 +1075,11 @@ def train(data_path=None, size=128, epochs=5, bs=64, lr=None, arch='xresnet18', 
         if own_group: dist.destroy_process_group()
 
 def _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, workers, limit, pipeline, cache_dir, data_path,
-            progress, resume, cbs, distributed, compile_model=False):
+            progress, resume, cbs, distributed, compile_model=False, crop='square'):
     "The body of `train` once the data is loaded and the run folder `out` exists: config, fit, model.pt and plot."
     main_proc = is_main_process()
     args = dict(data=str(Path(data_path).resolve()), size=size, epochs=epochs, bs=bs, lr=lr, arch=arch, tricks=tricks, seed=seed,
-                limit=limit, pipeline=pipeline, opt=cfg.opt, act=cfg.act, schedule=cfg.schedule)
+                limit=limit, pipeline=pipeline, opt=cfg.opt, act=cfg.act, schedule=cfg.schedule, crop=crop)
     if resume is None:
         config = dict(data=args['data'], size=size, epochs=epochs, bs=bs, device=str(dev), seed=seed, workers=workers,
                       limit=limit, pipeline=pipeline, cache_dir=None if cache_dir is None else str(cache_dir),
@@ -1210,6 +1215,9 @@ def train_parser():
                         "device; 'per-item' decodes and resizes every image every epoch in DataLoader workers; "
                         "'auto' (default) = fast, per-item under torchrun")
     p.add_argument('--cache-dir', type=Path, default=None, help="folder of the fast pipeline's image cache (default <data>/.exp-cache)")
+    p.add_argument('--crop', choices=tuple(DECODERS), default='square',
+                   help="fast pipeline: random crops from the cached centre square (default) or from the whole picture, "
+                        "cached squashed with its aspect ratio")
     p.add_argument('--compile', dest='compile_model', action='store_true',
                    help='compile the model with torch.compile (slow first batches, faster later ones; pays off on long runs)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -1273,10 +1281,11 @@ def main(argv=None):
     else:
         try: parse_tricks(a.tricks)
         except ValueError as e: p.error(f"argument --tricks: {e}")
-        try: resolve_pipeline(a.pipeline, dist_env().world_size > 1)
+        try: pipe = resolve_pipeline(a.pipeline, dist_env().world_size > 1)
         except ValueError as e: p.error(f"argument --pipeline: {e}")
+        if a.crop != 'square' and pipe != 'fast': p.error(f"argument --crop: --crop {a.crop} needs the fast pipeline, not {pipe}")
         try: check_train_args(a.size, a.epochs, a.bs, a.lr, a.arch, a.tricks, 'auto', a.seed, a.workers, a.limit, a.pipeline,
-                              a.opt, a.act, a.schedule)
+                              a.opt, a.act, a.schedule, a.crop)
         except ValueError as e: p.error(f"options that do not go together: {e}")   # e.g. --act mish with the draft CNN
         try:
             if a.data is not None: check_image_folder(a.data)
@@ -1286,7 +1295,7 @@ def main(argv=None):
         except OSError as e: p.error(f"argument --out: {e.strerror or e}")      # exists and not empty, or not writable
         out = cli_call(p, lambda: train(a.data, a.size, a.epochs, a.bs, a.lr, a.arch, a.tricks, a.device, a.seed, a.workers,
                                         a.out, a.limit, not a.no_progress, pipeline=a.pipeline, cache_dir=a.cache_dir,
-                                        compile_model=a.compile_model, opt=a.opt, act=a.act, schedule=a.schedule))
+                                        compile_model=a.compile_model, opt=a.opt, act=a.act, schedule=a.schedule, crop=a.crop))
     if is_main_process(): print(f"run saved to {out}")
     return out
 

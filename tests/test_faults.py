@@ -403,6 +403,8 @@ def test_bad_hyperparameters_cli(args, msg, tiny, tmp_path, capsys):
     (dict(opt='adam'), ValueError, "unknown opt 'adam': choose one of sgd, ranger"),
     (dict(act='gelu'), ValueError, "unknown act 'gelu': choose one of relu, mish"),
     (dict(schedule='step'), ValueError, "unknown schedule 'step': choose one of auto, flat-cos"),
+    (dict(crop='zoom'), ValueError, "crop must be one of square, whole"),
+    (dict(crop='whole', pipeline='per-item'), ValueError, "crop='whole' chooses where the fast pipeline's random crops"),
     (dict(tricks='mixup,dropout'), ValueError, "unknown trick(s) 'dropout'"),
     (dict(arch='vgg16'), ValueError, "unknown arch 'vgg16': choose one of draft-cnn"),
 ])

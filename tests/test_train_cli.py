@@ -61,15 +61,18 @@ def test_model_loads_weights_only(run_dir):
 
 
 def test_fastai_like_recipe(folder, tmp_path):
-    "--opt ranger --act mish --schedule flat-cos: recorded in config.json and model.pt; predict rebuilds the Mish model."
+    "fastai's recipe (--opt ranger --act mish --schedule flat-cos, no mixup) with --crop whole: recorded; predict rebuilds Mish."
     from exp.nb_10 import load_run, predict, TRICKS
     out = tmp_path / 'fastai-like'
     p = _run('--data', folder, '--epochs', '2', '--size', '32', '--bs', '8', '--workers', '0', '--device', 'cpu', '--no-progress',
              '--opt', 'ranger', '--act', 'mish', '--schedule', 'flat-cos', '--tricks', ','.join(t for t in TRICKS if t != 'mixup'),
-             '--out', out)
+             '--crop', 'whole', '--cache-dir', tmp_path / 'cache', '--out', out)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((out / 'config.json').read_text())['recipe']
     assert (r['opt'], r['act'], r['schedule'], r['lr'], r['mixup']) == ('ranger', 'mish', 'flat-cos', 8e-3, 0.)
+    assert json.loads((out / 'config.json').read_text())['args']['crop'] == 'whole'
+    names = sorted(f.name for f in (tmp_path / 'cache').glob('*.pt'))   # 32 px training size: caches at 40 px
+    assert len(names) == 2 and names[0].startswith('train-40px-whole-') and names[1].startswith('valid-40px-') and 'whole' not in names[1]
     assert torch.load(out / 'model.pt', weights_only=True)['act'] == 'mish'
     model, info = load_run(out)
     assert any(isinstance(m, torch.nn.Mish) for m in model.modules())
@@ -159,6 +162,8 @@ def _cli_error(capsys, argv):
     (['--act', 'gelu'], 'argument --act: invalid choice'),
     (['--schedule', 'step'], 'argument --schedule: invalid choice'),
     (['--arch', 'draft-cnn', '--act', 'mish'], "options that do not go together: act='mish' applies to the xresnets"),
+    (['--crop', 'zoom'], 'argument --crop: invalid choice'),
+    (['--pipeline', 'per-item', '--crop', 'whole'], 'argument --crop: --crop whole needs the fast pipeline, not per-item'),
 ])
 def test_bad_args(args, msg, folder, capsys):
     err = _cli_error(capsys, args if args[0] == '--data' else ['--data', folder, *args])

@@ -25,6 +25,8 @@ EXP_RUNS = [   # (name, batch size, extra exp-train arguments)
     ('all but mixup, bs 64', 64, ['--tricks', NO_MIXUP]),
     ('fastai\'s recipe (no mixup, ranger, Mish, flat-cos), bs 64', 64,
      ['--tricks', NO_MIXUP, '--opt', 'ranger', '--act', 'mish', '--schedule', 'flat-cos']),
+    ('fastai\'s recipe + crops from the whole picture (builds its own cache), bs 64', 64,
+     ['--tricks', NO_MIXUP, '--opt', 'ranger', '--act', 'mish', '--schedule', 'flat-cos', '--crop', 'whole']),
     ('all but mixup, bs 256, lr 0.4', 256, ['--tricks', NO_MIXUP, '--lr', '0.4']),
     ('all but mixup, bs 256, lr 0.4, --compile', 256, ['--tricks', NO_MIXUP, '--lr', '0.4', '--compile']),
 ]

@@ -6,7 +6,7 @@
 # Prints one table: exp vs fastai (5 epochs, 128 px, wall seconds from process start to final metric, accuracy),
 # exp's train img/s against the model-only ceiling, host syncs per epoch, and the data pipeline's img/s (per-item vs
 # fast path); OUT_DIR gets table.md and results.json (rewritten after every step) and one log per measurement.
-# Expected duration on one H100/H200: about 8 minutes (the --compile run goes last); with the `device` tool:
+# Expected duration on one H100/H200: about 9 minutes (the --compile run goes last); with the `device` tool:
 #   run(command='bash tests/gpu/run_gpu.sh $OUT', carry=['.gpu', '.whl'], timeout_s=600)
 # (--smoke on a CPU: PYTHONPATH=<fastai wheels>:. EXP_DATA=... python3 tests/gpu/bench_gpu.py --smoke --out DIR)
 set -euo pipefail
