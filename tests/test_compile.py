@@ -22,12 +22,13 @@ def test_compiled_training_matches_eager(folder, tmp_path):
     torch._dynamo.reset(); torch._dynamo.utils.counters.clear()
     res = {}
     for c in (False, True):
-        out = train(folder, size=16, epochs=1, bs=8, arch='draft-cnn', tricks='none', device='cpu', workers=0, progress=False,
-                    out=tmp_path / f'run-{c}', cache_dir=tmp_path / 'cache', compile_model=c)
+        out = train(folder, size=16, epochs=1, bs=8, lr=0.02, arch='draft-cnn', tricks='none', device='cpu', workers=0,
+                    progress=False, out=tmp_path / f'run-{c}', cache_dir=tmp_path / 'cache', compile_model=c)
         res[c] = json.loads((out / 'metrics.json').read_text())[0], json.loads((out / 'config.json').read_text())
     assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1           # something really was compiled
     assert (res[True][1]['compile'], res[False][1]['compile']) == (True, False)  # recorded in config.json
-    for k in ('train_loss', 'valid_loss', 'valid_acc'): assert abs(res[True][0][k] - res[False][0][k]) < 1e-3, k
+    for k in ('train_loss', 'valid_loss', 'valid_acc'):                       # fused kernels round a little differently
+        assert abs(res[True][0][k] - res[False][0][k]) <= 1e-3 * max(1., abs(res[False][0][k])), (k, res[True][0], res[False][0])
     torch._dynamo.reset()
 
 
