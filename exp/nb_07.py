@@ -90,9 +90,9 @@ def init_cnn(m, uniform=False):
 
 import exp.nb_06 as nb06
 
-def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False, **kwargs):
-    "Notebook 06's `get_learn_run` with `init_func` set to this notebook's `init_cnn` (every conv, however deeply nested)."
-    return nb06.get_learn_run(data, nfs, layer, lr, cbs, opt_func, uniform, init_func=kwargs.pop('init_func', init_cnn), **kwargs)
+def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False, init_func=None, **kwargs):
+    "Notebook 06's `get_learn_run`, initialising with this notebook's `init_cnn` (every conv, however deeply nested) by default."
+    return nb06.get_learn_run(data, nfs, layer, lr, cbs, opt_func, uniform, init_func=init_func or init_cnn, **kwargs)
 
 # %% ../nbs/07_batchnorm.ipynb #df438a24
 class RunningBatchNorm(nn.Module):

@@ -392,11 +392,10 @@ class Lookahead:
         if self.slow is None: self.slow = [p.detach().clone() for p in ps]          # made on the parameters' device
         loss = self.opt.step(closure)
         self.count += 1
-        if self.count % self.k == 0:
-            for i, (s, p) in enumerate(zip(self.slow, ps)):
-                if s.device != p.device: s = self.slow[i] = s.to(p.device)        # e.g. loaded from a CPU checkpoint
-                s.add_(p - s, alpha=self.alpha)
-                p.copy_(s)
+        if self.count % self.k: return loss                                     # the loop below: every k-th step only
+        for i, (s, p) in enumerate(zip(self.slow, ps)):
+            if s.device != p.device: s = self.slow[i] = s.to(p.device)            # e.g. loaded from a CPU checkpoint
+            lookahead_step(p, self.count, s, self.k, self.alpha)
         return loss
 
     def state_dict(self):
