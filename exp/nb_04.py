@@ -163,7 +163,7 @@ class Runner:
         "Fire `event_name`: call that method of every callback that has one, in `order`. Return values are ignored."
         for f in self.handlers(event_name): f()
 
-    def one_batch(self, xb, yb):
+    def batch_steps(self, xb, yb):
         "Forward, loss and (when training) backward, step and zero_grad on one batch, firing an event after each."
         self.xb, self.yb, self.pred, self.loss = xb, yb, None, None
         self('begin_batch')
@@ -173,6 +173,10 @@ class Runner:
             self.loss.backward();                       self('after_backward')
             self.opt.step();                            self('after_step')
             self.opt.zero_grad()
+
+    def one_batch(self, xb, yb):
+        "One batch: `batch_steps`, then the after_batch event."
+        self.batch_steps(xb, yb)
         self('after_batch')
 
     def all_batches(self, dl):

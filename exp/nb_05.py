@@ -85,25 +85,14 @@ class Runner(Runner):
         super().__init__(([TerminateOnNaNCallback()] if nan_check else []) + listify(cbs), cb_funcs)
 
     def one_batch(self, xb, yb):
-        "Forward, loss and (when training) backward, step and zero_grad; CancelBatchException skips the rest."
-        try:
-            self.xb, self.yb, self.pred, self.loss = xb, yb, None, None
-            self('begin_batch')
-            self.pred = self.model(self.xb);                self('after_pred')
-            self.loss = self.loss_func(self.pred, self.yb); self('after_loss')
-            if self.in_train:
-                self.loss.backward();                       self('after_backward')
-                self.opt.step();                            self('after_step')
-                self.opt.zero_grad()
+        "`batch_steps`, then after_batch; a CancelBatchException skips the rest of the steps and fires after_cancel_batch first."
+        try: self.batch_steps(xb, yb)
         except CancelBatchException: self('after_cancel_batch')
         self('after_batch')
 
     def run_phase(self, event_name, dl):
-        "Fire 'begin_epoch' or 'begin_validate', then run all batches of `dl`; CancelEpochException ends the phase."
-        try:
-            self.dl, self.iters = dl, len(dl)
-            self(event_name)
-            self.all_batches(dl)
+        "Notebook 04's phase (its begin event, then all batches of `dl`); CancelEpochException ends the phase."
+        try: super().run_phase(event_name, dl)
         except CancelEpochException: self('after_cancel_epoch')
 
     def fit(self, epochs, learn, start_epoch=0):
