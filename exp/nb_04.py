@@ -164,15 +164,16 @@ class Runner:
         for f in self.handlers(event_name): f()
 
     def batch_steps(self, xb, yb):
-        "Forward, loss and (when training) backward, step and zero_grad on one batch, firing an event after each."
+        "One batch: forward and loss, then (training) backward, step and zero_grad; an event follows each step but the last."
         self.xb, self.yb, self.pred, self.loss = xb, yb, None, None
         self('begin_batch')
         self.pred = self.model(self.xb);                self('after_pred')
         self.loss = self.loss_func(self.pred, self.yb); self('after_loss')
-        if self.in_train:
+        if not self.in_train: return
+        try:
             self.loss.backward();                       self('after_backward')
             self.opt.step();                            self('after_step')
-            self.opt.zero_grad()
+        finally: self.opt.zero_grad()                   # no gradient outlives its batch, even if a callback interrupts it
 
     def one_batch(self, xb, yb):
         "One batch: `batch_steps`, then the after_batch event."
