@@ -7,14 +7,15 @@ __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'norm_im
            'split_by_func', 'SplitData', 'uniqueify', 'Processor', 'CategoryProcessor', 'parent_labeler', 'LabeledData',
            'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan', 'center_square', 'CenterSquare',
            'decode_square', 'decode_whole', 'image_aspects', 'decode_args', 'source_fingerprint', 'decode_all',
-           'atomic_file', 'save_atomic', 'cached_images', 'random_crop_params', 'crop_theta', 'crop_grid',
-           'batch_random_resized_crop', 'batch_resize', 'fits_on_device', 'TensorBatchLoader', 'split_cache_file',
-           'fast_databunch', 'PIL']
+           'current_umask', 'remove_stale_temps', 'atomic_file', 'save_atomic', 'cached_images', 'random_crop_params',
+           'crop_theta', 'crop_grid', 'batch_random_resized_crop', 'batch_resize', 'LoaderItems', 'fits_on_device',
+           'TensorBatchLoader', 'split_cache_file', 'fast_databunch', 'PIL']
 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
 from .nb_07 import *
 reexport(globals(), 'exp.nb_07')   # pass on every name from notebooks 00 to 07
 import PIL, PIL.Image
+import glob, contextlib
 _all_ = ['PIL']  # re-exported for later notebooks
 
 # %% ../nbs/08_data_block.ipynb #372e63e5
@@ -49,8 +50,11 @@ def get_files(path, extensions=None, recurse=False, include=None):
     if not recurse: return sorted(_keep_files(path, [e.name for e in os.scandir(path) if e.is_file()], exts))
     if include and not any((path/d).is_dir() for d in include):
         warnings.warn(f"get_files: none of the folders {sorted(include)} exists in '{path}'.")
-    res = []
-    for folder, dirs, names in os.walk(path):
+    res, seen = [], set()
+    for folder, dirs, names in os.walk(path, followlinks=True):      # symlinked folders count, each real folder once
+        real = os.path.realpath(folder)
+        if real in seen: dirs[:] = []; continue                       # a link back up the tree (or a second link)
+        seen.add(real)
         top = folder == str(path)
         dirs[:] = [d for d in dirs if not d.startswith('.') and (not top or not include or d in include)]
         res += _keep_files(folder, names, exts)
@@ -419,11 +423,11 @@ def decode_args(args):
 
 # %% ../nbs/08_data_block.ipynb #8ee626e0
 def source_fingerprint(files, size, geometry='square'):
-    "SHA-256 over every source file's path, byte size and modification time, plus the cache size and geometry."
+    "SHA-256 over every source file's path, byte size, inode, modification and status-change times, plus the cache size and geometry."
     h = hashlib.sha256(f'size={size}\ngeometry={geometry}\n'.encode())
     for f in files:
-        st = os.stat(f)
-        h.update(f'{f}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
+        st = os.stat(f)   # st_ctime_ns cannot be set back by hand (`cp -p`, `touch -r` and tar restore only the mtime)
+        h.update(f'{f}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}|{st.st_ctime_ns}\n'.encode())
     return h.hexdigest()
 
 def decode_all(files, size, num_workers=None, chunksize=32, geometry='square'):
@@ -431,12 +435,29 @@ def decode_all(files, size, num_workers=None, chunksize=32, geometry='square'):
     if geometry not in DECODERS: raise ValueError(f"geometry must be one of {', '.join(DECODERS)}, got {geometry!r}")
     num_workers = default_num_workers() if num_workers is None else num_workers
     args = [(f, size, geometry) for f in files]
-    if num_workers <= 1 or len(args) < 2 * chunksize: arrs = list(map(decode_args, args))
+    out = torch.empty((len(args), 3, size, size), dtype=torch.uint8)   # filled in place: no second copy of the cache in memory
+    if num_workers <= 1 or len(args) < 2 * chunksize:
+        for i, a in enumerate(map(decode_args, args)): out[i] = torch.from_numpy(a)
     else:
         import multiprocessing as mp
         with mp.get_context('spawn' if os.name == 'nt' else 'fork').Pool(num_workers) as pool:
-            arrs = pool.map(decode_args, args, chunksize=chunksize)
-    return torch.from_numpy(np.stack(arrs)) if arrs else torch.empty(0, 3, size, size, dtype=torch.uint8)
+            for i, a in enumerate(pool.imap(decode_args, args, chunksize=chunksize)): out[i] = torch.from_numpy(a)
+    return out
+
+def current_umask():
+    "The process's umask: from /proc on Linux, elsewhere by setting it and putting it back."
+    with contextlib.suppress(OSError, ValueError):
+        for line in open('/proc/self/status'):
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def remove_stale_temps(path, min_age=0.):
+    "Delete the temp files that `atomic_file` left beside `path` when its process was killed mid-write (those older than `min_age` s)."
+    path = Path(path)
+    for f in glob.glob(str(path.parent / f'.{glob.escape(path.name)}.*.tmp')):
+        with contextlib.suppress(OSError):
+            if time.time() - os.stat(f).st_mtime >= min_age: os.unlink(f)
 
 def atomic_file(path, write, error=None):
     "Create `path` whole or not at all: `write(f)` fills a binary temp file beside it, fsync, os.replace; `error(e, path)` may reword an OSError."
@@ -448,6 +469,7 @@ def atomic_file(path, write, error=None):
         if error is None: raise
         raise error(e, path) from e
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())        # mkstemp makes it owner-only; give it a normal file's permissions
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush(); os.fsync(f.fileno())            # on disk before the rename makes it visible
@@ -469,9 +491,11 @@ def cached_images(files, size, cache_file, num_workers=None, geometry='square'):
     if cache_file.exists():
         try:
             d = torch.load(cache_file, weights_only=True)
-            if d['fingerprint'] == fp and tuple(d['x'].shape) == (len(files), 3, size, size): return d['x']
+            x = d['x']
+            if d['fingerprint'] == fp and x.dtype == torch.uint8 and tuple(x.shape) == (len(files), 3, size, size): return x
         except Exception as e:
             warnings.warn(f"image cache {cache_file} is unreadable ({type(e).__name__}: {e}); rebuilding it")
+    remove_stale_temps(cache_file, min_age=600)   # a build killed mid-write (another one writing now is younger)
     x = decode_all(files, size, num_workers, geometry=geometry)
     try: save_atomic({'fingerprint': fp, 'x': x}, cache_file)
     except (OSError, RuntimeError) as e:   # a full disk or read-only folder: train from memory, say how to keep a cache
@@ -519,6 +543,12 @@ def batch_resize(x, size):
     return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
 
 # %% ../nbs/08_data_block.ipynb #9b380ceb
+class LoaderItems:
+    "The items of a `TensorBatchLoader`, as a dataset: `len` counts images (the loader's own `len` counts batches)."
+    def __init__(self, dl): self.dl = dl
+    def __len__(self): return len(self.dl.y)
+    def __getitem__(self, i): return self.dl.item(i)
+
 def fits_on_device(x, device, frac=0.5):
     "True when `device` is a CUDA GPU with room for tensor `x` within `frac` of its free memory."
     device = torch.device(device)
@@ -546,13 +576,14 @@ class TensorBatchLoader:
         s = torch.ones(1, 1, 1, 1) if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale, self.shift = (1 / (255 * s)).to(self.device), (m / s).to(self.device)
         self.mean, self.std = mean, std                                           # None: batches stay in [0, 1]
-        self.gen = torch.Generator()
-        self.gen.manual_seed(torch.initial_seed() if seed is None else seed)
+        seed = torch.initial_seed() if seed is None else seed
+        self.gen = torch.Generator().manual_seed(seed)                            # the order of the items (on the CPU)
+        self.aug_gen = torch.Generator(self.device).manual_seed(seed + 1)         # crops and flips, drawn on the device
         self._buf = None                                                          # float batch, reused
 
     def __len__(self): return len(self.y) // self.bs if self.drop_last else math.ceil(len(self.y) / self.bs)
     @property
-    def dataset(self): return self
+    def dataset(self): return LoaderItems(self)
 
     def gather(self, idx):
         "The uint8 images at `idx` (on the cache's device) on `self.device`; from host memory through a pinned buffer, without waiting."
@@ -570,13 +601,20 @@ class TensorBatchLoader:
         "The batch of the items at `idx`: gathered, copied to the device, converted, augmented and normalised."
         idx_dev = idx.to(self.device) if idx_dev is None else idx_dev
         xf, aspect = self.float_batch(idx), None if self.aspect is None else self.aspect[idx_dev]
-        xb = batch_random_resized_crop(xf, self.size, self.crop_scale, aspect=aspect) if self.train else batch_resize(xf, self.size)
+        if self.train: xb = batch_random_resized_crop(xf, self.size, self.crop_scale, generator=self.aug_gen, aspect=aspect)
+        else: xb = batch_resize(xf, self.size)
         if xb is xf: self._buf = None                                  # no resize needed: the buffer becomes this batch
         xb = xb.mul_(self.scale).sub_(self.shift)                                                    # to [0, 1], normalised
         if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, self.y[idx_dev]
 
-    def __getitem__(self, i): return self.batch(torch.tensor([i]))[0][0], self.y[i]
+    def item(self, i):
+        "Item `i` (negative counts from the end) as the loader makes it: (image (c, size, size), label)."
+        n = len(self.y)
+        if not -n <= i < n: raise IndexError(f"TensorBatchLoader: item {i} is out of range for {n} items")
+        xb, yb = self.batch(torch.tensor([i % n]))
+        return xb[0], yb[0]
+    __getitem__ = item
     def __iter__(self):
         idx = torch.randperm(len(self.y), generator=self.gen) if self.train else torch.arange(len(self.y))
         ix, iy = idx.to(self.x.device), idx.to(self.device)   # once an epoch: a copy to a GPU inside the loop would wait for it
@@ -592,15 +630,16 @@ def split_cache_file(il, split, size, cache_dir=None, geometry='square'):
 
 def fast_databunch(sd, size, bs, cache_size=None, device=None, stats=imagenette_stats, cache_dir=None, num_workers=None,
                    scale=(0.35, 1.), seed=None, channels_last=False, crop='square'):
-    "A DataBunch of `TensorBatchLoader`s over labelled SplitData `sd`: each image decoded once (at `cache_size`, default 1.25 x size), batches augmented on `device`."
+    "A DataBunch of `TensorBatchLoader`s over labelled SplitData `sd`: each image decoded once (training at `cache_size`, default 1.25 x size), batches augmented on `device`."
     cache_size = cache_size or round(1.25 * size)    # crops lose less detail: a 35 % crop is upsampled 1.35x, not 1.7x
     device = torch.device(device) if device is not None else default_device()
     if crop not in DECODERS: raise ValueError(f"crop must be one of {', '.join(DECODERS)}, got {crop!r}")
     mean, std = stats if stats is not None else (None, None)
     dls = []
     for split, ld in (('train', sd.train), ('valid', sd.valid)):
-        geometry = crop if split == 'train' else 'square'     # validation: the centre square, resized with antialiasing
-        x = cached_images(ld.x.items, cache_size, split_cache_file(ld.x, split, cache_size, cache_dir, geometry), num_workers, geometry)
+        geometry = crop if split == 'train' else 'square'     # validation: the centre square ...
+        cs = cache_size if split == 'train' else size          # ... at the training size, exactly what `predict` feeds the model
+        x = cached_images(ld.x.items, cs, split_cache_file(ld.x, split, cs, cache_dir, geometry), num_workers, geometry)
         if fits_on_device(x, device): x = x.to(device)
         y = torch.as_tensor(list(ld.y.items), dtype=torch.long)
         dls.append(TensorBatchLoader(x, y, bs if split == 'train' else 2 * bs, size, train=split == 'train', device=device,

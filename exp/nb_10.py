@@ -12,8 +12,8 @@ __all__ = ['PIPELINES', 'norm_types', 'ARCHS', 'OPTS', 'ACTS', 'SCHEDULES', 'TRI
            'ablation_configs', 'markdown_table', 'run_ablation', 'env_int', 'dist_env', 'is_main_process',
            'init_distributed', 'broadcast_object', 'main_process_first', 'unwrap_model', 'convert_sync_bn',
            'revert_sync_bn', 'ShardSampler', 'rebuild_dl', 'check_plain_dl', 'all_reduce_stats', 'DistributedCallback',
-           'write_error', 'atomic_write', 'atomic_save', 'remove_stale_temps', 'get_rng_states', 'set_rng_states',
-           'loader_state', 'set_loader_state', 'interrupted_path', 'model_info', 'describe_model', 'check_state_fits',
+           'write_error', 'atomic_write', 'atomic_save', 'get_rng_states', 'set_rng_states', 'loader_state',
+           'set_loader_state', 'interrupted_path', 'model_info', 'describe_model', 'check_state_fits',
            'read_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'resume_config', 'cannot_create',
            'check_run_dir', 'prepare_run_dir', 'RunLogger', 'plot_run', 'check_train_args', 'settle_failed_run',
            'train', 'resume_train', 'read_model_file', 'load_run', 'predict_tfms', 'predict', 'positive',
@@ -733,12 +733,6 @@ def atomic_save(obj, path):
     buf = io.BytesIO(); torch.save(obj, buf)
     return atomic_write(path, buf.getvalue())
 
-def remove_stale_temps(path):
-    "Delete temp files that an `atomic_write` to `path` left behind when its process was killed mid-write."
-    path = Path(path)
-    for f in glob.glob(str(path.parent / f'.{glob.escape(path.name)}.*.tmp')):
-        with contextlib.suppress(OSError): os.unlink(f)
-
 # %% ../nbs/10_bag_of_tricks.ipynb #8037aa3f
 def get_rng_states():
     "The states of the random generators a run draws from: torch CPU and CUDA, numpy, Python's random (weights_only-safe)."
@@ -761,12 +755,13 @@ def set_rng_states(s):
     random.setstate((p['version'], tuple(p['state'].tolist()), p['gauss']))
 
 def loader_state(dl):
-    "The shuffling state of a DataLoader (its generator, its sampler's, a DistributedSampler's seed) or of a TensorBatchLoader."
+    "The random state of a DataLoader (its generator, its sampler's, a DistributedSampler's seed) or of a TensorBatchLoader (order, augmentation)."
     g, sampler = getattr(dl, 'generator', None) or getattr(dl, 'gen', None), getattr(dl, 'sampler', None)  # gen: TensorBatchLoader
-    sg = getattr(sampler, 'generator', None)
+    sg, ag = getattr(sampler, 'generator', None), getattr(dl, 'aug_gen', None)
     return {'generator': None if g is None else g.get_state(),
             'sampler_generator': None if sg is None or sg is g else sg.get_state(),
-            'sampler_seed': getattr(sampler, 'seed', None)}
+            'sampler_seed': getattr(sampler, 'seed', None),
+            'aug_generator': None if ag is None else {'device': ag.device.type, 'state': ag.get_state()}}
 
 def set_loader_state(dl, s):
     "Restore the shuffling state saved by `loader_state` into DataLoader (or TensorBatchLoader) `dl`."
@@ -775,6 +770,8 @@ def set_loader_state(dl, s):
     if g is not None and s['generator'] is not None: g.set_state(s['generator'])
     if sg is not None and sg is not g and s['sampler_generator'] is not None: sg.set_state(s['sampler_generator'])
     if s['sampler_seed'] is not None and hasattr(sampler, 'seed'): sampler.seed = s['sampler_seed']
+    ag, sa = getattr(dl, 'aug_gen', None), s.get('aug_generator')   # absent from older checkpoints
+    if ag is not None and sa is not None and sa['device'] == ag.device.type: ag.set_state(sa['state'])   # (another device: reseeded)
 
 # %% ../nbs/10_bag_of_tricks.ipynb #76d975fc
 CHECKPOINT_FORMAT = 'exp-checkpoint-v1'

@@ -71,8 +71,8 @@ def test_fastai_like_recipe(folder, tmp_path):
     r = json.loads((out / 'config.json').read_text())['recipe']
     assert (r['opt'], r['act'], r['schedule'], r['lr'], r['mixup']) == ('ranger', 'mish', 'flat-cos', 8e-3, 0.)
     assert json.loads((out / 'config.json').read_text())['args']['crop'] == 'whole'
-    names = sorted(f.name for f in (tmp_path / 'cache').glob('*.pt'))   # 32 px training size: caches at 40 px
-    assert len(names) == 2 and names[0].startswith('train-40px-whole-') and names[1].startswith('valid-40px-') and 'whole' not in names[1]
+    names = sorted(f.name for f in (tmp_path / 'cache').glob('*.pt'))   # 32 px training size: train cached at 40 px, valid at 32
+    assert len(names) == 2 and names[0].startswith('train-40px-whole-') and names[1].startswith('valid-32px-') and 'whole' not in names[1]
     assert torch.load(out / 'model.pt', weights_only=True)['act'] == 'mish'
     model, info = load_run(out)
     assert any(isinstance(m, torch.nn.Mish) for m in model.modules())
