@@ -3,22 +3,22 @@
 # %% auto #0
 __all__ = ['PIPELINES', 'norm_types', 'ARCHS', 'OPTS', 'ACTS', 'SCHEDULES', 'TRICKS', 'DRAFT', 'BAG', 'RANGER', 'DistEnv',
            'CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'TRAIN_ARGS', 'LATER_ARGS', 'MODEL_KEYS', 'RESUME_FREE',
-           'prev_pow_2', 'get_cnn_layers', 'get_cnn_model', 'get_learn_run', 'subset_per_class', 'image_tfms',
-           'class_folders', 'has_image', 'check_image_folder', 'resolve_pipeline', 'folder_databunch', 'set_seed',
-           'model_summary', 'conv_bn', 'ResBlock', 'XResNet', 'xresnet18', 'xresnet34', 'xresnet50', 'param_groups',
-           'sched_warmup_cos', 'sched_flat_cos', 'sched_draft', 'reduce_loss', 'LabelSmoothingCrossEntropy',
-           'per_sample_loss', 'MixUp', 'amp_dtype', 'MixedPrecision', 'ChannelsLast', 'CompileCallback', 'check_act',
-           'TrickConfig', 'parse_tricks', 'make_model', 'make_opt', 'loader_normalizes', 'build_learner', 'epoch_rows',
-           'ablation_configs', 'markdown_table', 'run_ablation', 'env_int', 'dist_env', 'is_main_process',
-           'init_distributed', 'broadcast_object', 'main_process_first', 'unwrap_model', 'convert_sync_bn',
-           'revert_sync_bn', 'ShardSampler', 'rebuild_dl', 'check_plain_dl', 'all_reduce_stats', 'DistributedCallback',
-           'write_error', 'atomic_write', 'atomic_save', 'get_rng_states', 'set_rng_states', 'loader_state',
-           'set_loader_state', 'interrupted_path', 'model_info', 'describe_model', 'check_state_fits',
+           'prev_pow_2', 'get_cnn_layers', 'get_cnn_model', 'get_learn_run', 'RunSetupError', 'subset_per_class',
+           'image_tfms', 'class_folders', 'has_image', 'check_image_folder', 'resolve_pipeline', 'folder_databunch',
+           'set_seed', 'model_summary', 'conv_bn', 'ResBlock', 'XResNet', 'xresnet18', 'xresnet34', 'xresnet50',
+           'param_groups', 'sched_warmup_cos', 'sched_flat_cos', 'sched_draft', 'reduce_loss',
+           'LabelSmoothingCrossEntropy', 'per_sample_loss', 'MixUp', 'amp_dtype', 'MixedPrecision', 'ChannelsLast',
+           'CompileCallback', 'check_act', 'TrickConfig', 'parse_tricks', 'make_model', 'make_opt', 'loader_normalizes',
+           'build_learner', 'epoch_rows', 'ablation_configs', 'markdown_table', 'run_ablation', 'env_int', 'dist_env',
+           'is_main_process', 'init_distributed', 'broadcast_object', 'main_process_first', 'unwrap_model',
+           'convert_sync_bn', 'revert_sync_bn', 'ShardSampler', 'rebuild_dl', 'check_plain_dl', 'all_reduce_stats',
+           'DistributedCallback', 'write_error', 'atomic_write', 'atomic_save', 'get_rng_states', 'set_rng_states',
+           'loader_state', 'set_loader_state', 'interrupted_path', 'model_info', 'describe_model', 'check_state_fits',
            'read_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'resume_config', 'cannot_create',
-           'check_run_dir', 'prepare_run_dir', 'RunLogger', 'plot_run', 'check_train_args', 'settle_failed_run',
-           'train', 'resume_train', 'read_model_file', 'load_run', 'predict_tfms', 'predict', 'positive',
-           'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main', 'predict_main', 'train_cli',
-           'predict_cli', 'find_settings', 'nb_auto_export']
+           'check_run_dir', 'prepare_run_dir', 'RunLogger', 'plot_run', 'check_train_args', 'resume_rows',
+           'settle_failed_run', 'train', 'resume_train', 'read_model_file', 'load_run', 'predict_tfms', 'predict',
+           'positive', 'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main', 'predict_main',
+           'train_cli', 'predict_cli', 'find_settings', 'nb_auto_export']
 
 # %% ../nbs/10_bag_of_tricks.ipynb #0f91ba1f
 from .nb_09 import *
@@ -60,6 +60,9 @@ def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False, 
     return nb07.get_learn_run(data, nfs, layer, lr, cbs, opt_func, uniform, model_func=get_cnn_model, **kwargs)
 
 # %% ../nbs/10_bag_of_tricks.ipynb #ad026c79
+class RunSetupError(ValueError):
+    "A problem with what a training run was asked to do, found once its data is read: exp-train prints it without a traceback."
+
 def subset_per_class(il, n):
     "Keep the first `n` files of each (split, class) folder of an ImageList; `n=None` keeps everything."
     if n is None: return il
@@ -101,6 +104,10 @@ def check_image_folder(path):
         raise FileNotFoundError(f"class folder(s) {', '.join(map(str, empty[:5]))} hold no image files ({exts}): every class "
                                 "needs training images. Put the class's images there, or delete the folder (and its val/ twin) "
                                 "to train without that class")
+    orphans = sorted({d.name for d in class_folders(path / 'val')} - {d.name for d in class_folders(path / 'train')})
+    if orphans:  # a class the model never trains on cannot be predicted: say which and what to do
+        raise FileNotFoundError(f"{path / 'val'} has class folder(s) {', '.join(orphans[:5])} with no twin in {path / 'train'}: "
+                                "every validation class needs training images. Add train/<class> folders, or remove those from val/")
     for d in class_folders(path / 'val'):
         if not has_image(d): warnings.warn(f"validation class folder {d} holds no image files: accuracy on {d.name!r} will not be measured")
     return path
@@ -129,6 +136,9 @@ def folder_databunch(path, size=128, bs=64, limit=None, num_workers=None, pipeli
     proc = CategoryProcesser()
     ll = label_by_func(sd, parent_labeler, proc_y=proc)
     if len(ll.train) == 0 or len(ll.valid) == 0: raise FileNotFoundError(f"no images found under {path}/train or {path}/val")
+    if pipeline == 'fast' and len(ll.train) < bs:   # it drops the last partial batch: nothing would be left to train on
+        raise RunSetupError(f"--bs {bs} is larger than the {len(ll.train)} training images{' (--limit ' + str(limit) + ')' if limit else ''}: "
+                            "the fast pipeline drops the last partial batch, so no batch would be left. Use a smaller --bs")
     if pipeline == 'fast':   # decoded once into a uint8 cache; batches cropped, flipped and normalised on `device`
         data = fast_databunch(ll, size, bs, device=device, cache_dir=cache_dir, num_workers=num_workers, seed=seed, crop=crop)
     else: data = ll.to_databunch(bs, c_in=3, c_out=len(proc.vocab), num_workers=num_workers)
@@ -220,7 +230,9 @@ def xresnet50(**kwargs):
     return XResNet(4, [3, 4, 6, 3], **kwargs)
 
 # %% ../nbs/10_bag_of_tricks.ipynb #1e41ed8d
-norm_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
+norm_types = (nn.modules.batchnorm._NormBase,                         # every torch BatchNorm*, SyncBatchNorm, InstanceNorm*
+              nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, *([nn.RMSNorm] if hasattr(nn, 'RMSNorm') else []),
+              BatchNorm, RunningBatchNorm, LayerNorm, InstanceNorm)       # notebook 07's own
 
 def param_groups(model, wd, no_bias_decay=True, wd_key='weight_decay'):
     "Two parameter groups: weights with weight decay `wd`, and (if `no_bias_decay`) biases and norm parameters with none."
@@ -943,7 +955,9 @@ def cannot_create(out, e, where):
 def check_run_dir(out):
     "Raise FileExistsError if `out` exists and is not an empty folder, an OSError if it cannot be created; both name --out."
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file, not a folder; pass a new folder name for the run")
+    if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"run folder {str(out)!r} already exists and is not empty; pass a new --out (or delete it): runs are never overwritten")
     base = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
     try: os.rmdir(tempfile.mkdtemp(dir=base, prefix='.exp-write-test-'))   # the only reliable test: create a folder there
@@ -960,7 +974,8 @@ def prepare_run_dir(out):
 # %% ../nbs/10_bag_of_tricks.ipynb #1276ee75
 class RunLogger(Callback):
     "After each epoch, write metrics.csv and metrics.json (train/valid loss and accuracy, lr, seconds) into `run_dir` atomically."
-    order = 20  # after AvgStatsCallback has finished the epoch's history
+    order = 19  # after AvgStatsCallback (0) has finished the epoch's history; before CheckpointCallback (20), so that
+                # metrics.json is never behind checkpoint.pt (a resume drops rows of epochs the checkpoint lacks)
     def __init__(self, run_dir, rows=None):
         self.run_dir, self.rows0 = Path(run_dir), list(rows or [])   # rows0: epochs a resumed run already did
         self.rows = list(self.rows0)
@@ -968,7 +983,7 @@ class RunLogger(Callback):
     def begin_epoch(self): self.t_epoch = time.time()
     def after_epoch(self):
         h = self.run.avg_stats.history[-1]
-        self.rows.append(dict(epoch=len(self.rows) + 1, train_loss=float(h['train_loss']), train_acc=float(h['train_accuracy']),
+        self.rows.append(dict(epoch=self.run.epoch + 1, train_loss=float(h['train_loss']), train_acc=float(h['train_accuracy']),
                               valid_loss=float(h['valid_loss']), valid_acc=float(h['valid_accuracy']),
                               lr=float(self.opt.param_groups[0]['lr']), seconds=round(time.time() - self.t_epoch, 2)))
         self.save()
@@ -1009,7 +1024,7 @@ def check_train_args(size, epochs, bs, lr, arch, tricks, device, seed, workers, 
     for name, v in (('size', size), ('epochs', epochs), ('bs', bs)):
         if not is_int(v) or v < 1: raise ValueError(f"{name} must be a positive int, got {v!r}")
     if lr is not None and not (isinstance(lr, numbers.Real) and lr > 0): raise ValueError(f"lr must be > 0, got {lr!r}")
-    if not is_int(seed): raise ValueError(f"seed must be an int, got {seed!r}")
+    if not is_int(seed) or not 0 <= seed < 2**32: raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")   # numpy's range
     if workers is not None and (not is_int(workers) or workers < 0): raise ValueError(f"workers must be None or an int >= 0, got {workers!r}")
     if limit is not None and (not is_int(limit) or limit < 1): raise ValueError(f"limit must be None or a positive int (images per class), got {limit!r}")
     if pipeline not in PIPELINES: raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
@@ -1022,6 +1037,14 @@ def check_train_args(size, epochs, bs, lr, arch, tricks, device, seed, workers, 
     cfg = replace(cfg, **RANGER) if opt == 'ranger' else replace(cfg, opt=opt)
     cfg = replace(cfg, act=act, schedule=schedule)         # an unknown opt, act or schedule: ValueError naming it
     return cfg if lr is None else replace(cfg, lr=lr)
+
+def resume_rows(saved, history, done):
+    "metrics.json rows of the `done` finished epochs of a resumed run: the saved ones, any missing rebuilt from the checkpoint's `history` (no lr)."
+    by_epoch = {r.get('epoch'): r for r in saved if isinstance(r, dict)}
+    def rebuilt(e, h): return dict(epoch=e, train_loss=float(h['train_loss']), train_acc=float(h['train_accuracy']),
+                                   valid_loss=float(h['valid_loss']), valid_acc=float(h['valid_accuracy']), lr=None,
+                                   seconds=round(float(h['time']), 2))
+    return [by_epoch.get(e) or rebuilt(e, history[e - 1]) for e in range(1, done + 1)]
 
 def settle_failed_run(out, exc=None, created=True):
     "After a failed `train`: keep a run folder whose checkpoint.pt holds finished epochs and say how to resume; else remove what the run wrote."
@@ -1086,10 +1109,9 @@ def _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, work
         if main_proc: atomic_write(out / 'config.json', json.dumps(config, indent=1))
         rows = []
     else:
-        config = json.loads((out / 'config.json').read_text())
-        done = read_checkpoint(resume)['epoch']
+        config, ck = json.loads((out / 'config.json').read_text()), read_checkpoint(resume)
         mpath = out / 'metrics.json'
-        rows = json.loads(mpath.read_text())[:done] if mpath.is_file() else []   # the finished epochs' rows
+        rows = resume_rows(json.loads(mpath.read_text()) if mpath.is_file() else [], ck['history'], ck['epoch'])
     set_seed(seed)
     logger = RunLogger(out, rows=rows)
     extra = [CheckpointCallback(out / CHECKPOINT_NAME, config=config, resume=resume)]
@@ -1113,6 +1135,9 @@ def resume_train(run_dir, device='auto', workers=None, progress=True, cbs=None, 
     if not isinstance(a, dict) or set(TRAIN_ARGS) - set(a) - set(LATER_ARGS):
         raise ValueError(f"--resume {run_dir}: config.json has no complete 'args' entry (written by an older exp-train); "
                          "start a new run")
+    if not Path(a['data']).is_dir():
+        raise RunSetupError(f"the run's data folder {a['data']} (in {Path(run_dir) / 'config.json'}) does not exist any more: "
+                            "move it back there, or edit args.data in config.json to its new place, then resume")
     return train(a['data'], a['size'], a['epochs'], a['bs'], a['lr'], a['arch'], a['tricks'], device, a['seed'], workers,
                  Path(run_dir), a['limit'], progress, resume=ck_path, cbs=cbs, cache_dir=cache_dir, compile_model=compile_model,
                  **{k: a.get(k, v) for k, v in LATER_ARGS.items()})
@@ -1200,7 +1225,7 @@ def train_parser():
                         "fastai's; default lr 8e-3, wd 0.01)")
     p.add_argument('--act', choices=tuple(ACTS), default='relu', help="activation of the xresnets: relu (default) or mish (fastai's)")
     p.add_argument('--schedule', choices=SCHEDULES, default='auto',
-                   help="lr schedule: auto = warm-up then cosine (the warmup_cosine trick), flat-cos = fastai's fit_flat_cos")
+                   help="lr schedule: auto = warm-up then cosine with the warmup_cosine trick (one-cycle without it), flat-cos = fastai's fit_flat_cos")
     p.add_argument('--tricks', default='all', help=f"comma list of {', '.join(TRICKS)}; or 'all' / 'none'")
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda', 'mps'), default='auto')
     p.add_argument('--seed', type=int, default=0)
@@ -1244,6 +1269,7 @@ def cli_call(parser, f):
     "Run `f()` for a command-line tool: an unreadable image, a disk or permission error, or Ctrl-C ends it with a message and exit status 1 (130) instead of a traceback."
     try: return f()
     except KeyboardInterrupt: parser.exit(130, f"{parser.prog}: interrupted\n")
+    except RunSetupError as e: parser.exit(1, f"{parser.prog}: error: {e}\n")
     except ValueError as e:
         m = re.search(r"Cannot read image file '([^']+)'(?:: (.*?)\. Replace)?", str(e), re.S)
         if m is None: raise
@@ -1260,10 +1286,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(o) for o in argv]
     a = p.parse_args(argv)
     if a.workers is not None and a.workers < 0: p.error(f"argument --workers: must be >= 0, got {a.workers}")
+    if not 0 <= a.seed < 2**32: p.error(f"argument --seed: must be in [0, 2**32), got {a.seed}")
     if a.device == 'cuda' and not torch.cuda.is_available(): p.error("argument --device: cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
     if a.device == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
         p.error("argument --device: mps was asked for but is not available; use --device auto or cpu")
     if a.resume is not None:
+        if a.out is not None: p.error("argument --out: not allowed with --resume: a resumed run continues in its own folder, RUN_DIR")
         try: config, _ = resume_config(a.resume)
         except (FileNotFoundError, ValueError) as e: p.error(f"argument --resume: {e}")
         bad = resume_conflicts(given_args(p, argv), config.get('args') or {})

@@ -10,6 +10,7 @@ HTTP server on 127.0.0.1 (ephemeral port, in a thread). Training runs are 1 epoc
 Run: `.venv/bin/pytest tests/test_faults.py` (about a minute on 2 cores).
 """
 import errno, hashlib, http.server, json, os, shutil, threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -211,12 +212,17 @@ def test_empty_validation_class_folder_warns(tmp_path):
 def test_validation_class_not_in_training(tmp_path, capsys):
     root = make_folder(tmp_path / 'd')
     (root / 'val' / 'zebra').mkdir(); (root / 'val' / 'zebra' / '0.jpg').write_bytes(jpeg_bytes())
-    with pytest.raises(ValueError) as e: folder_databunch(root, size=16, bs=2, num_workers=0)
+    with pytest.raises(FileNotFoundError) as e: folder_databunch(root, size=16, bs=2, num_workers=0)
+    assert 'class folder(s) zebra with no twin in' in str(e.value) and 'every validation class needs training images' in str(e.value)
+    out = tmp_path / 'run'
+    err = cli_error(capsys, ['--data', root, '--out', out, *CLI_ARGS])        # a usage error, no traceback
+    assert 'argument --data' in err and 'zebra' in err
+    assert absent_or_empty(out)                                               # nothing half-written
+    from exp.nb_08 import ImageList, SplitData, label_by_func, grandparent_splitter, parent_labeler, CategoryProcessor
+    sd = SplitData.split_by_func(ImageList.from_files(root), partial(grandparent_splitter, valid_name='val'))
+    with pytest.raises(ValueError) as e: label_by_func(sd, parent_labeler, proc_y=CategoryProcessor())   # the library's own check
     msg = str(e.value)
     assert "Label 'zebra' is not in the vocabulary" in msg and "'ant', 'bee'" in msg and 'needs training examples' in msg
-    out = tmp_path / 'run'
-    with pytest.raises(ValueError, match="'zebra'"): main(['--data', str(root), '--out', str(out), *CLI_ARGS])
-    assert absent_or_empty(out)                                               # nothing half-written
 
 
 def test_no_images_at_all(tmp_path, capsys):
@@ -547,7 +553,7 @@ def test_second_run_same_folder_is_refused(run_a, tiny, capsys):
     assert snapshot(run_a) == before                                         # byte-for-byte unchanged
     f = run_a.parent / 'a-file'; f.write_text('keep me')                     # --out naming a file is refused too
     try:
-        assert 'already exists and is not empty' in cli_error(capsys, ['--data', tiny, '--out', f, *CLI_ARGS])
+        assert 'is a file, not a folder' in cli_error(capsys, ['--data', tiny, '--out', f, *CLI_ARGS])
         assert f.read_text() == 'keep me'
     finally: f.unlink()
 
@@ -590,6 +596,49 @@ def test_failure_after_a_finished_epoch_is_resumable(exc, tiny, tmp_path, capsys
     assert (out / 'checkpoint.pt').is_file() and not (out / 'model.pt').exists()
     assert nb10.resume_train(out, device='cpu', workers=0, progress=False) == out
     assert [r['epoch'] for r in json.loads((out / 'metrics.json').read_text())] == [1, 2]
+
+
+def _stopped_after_epoch_1(tiny, out, epochs=3):
+    "A run of `epochs` epochs stopped by Ctrl-C at the start of its second epoch: epoch 1 is in checkpoint.pt."
+    with pytest.raises(KeyboardInterrupt): train(tiny, out=out, cbs=[Raiser(KeyboardInterrupt, 'begin_batch', epoch=1, it=0)],
+                                                 **{**TRAIN_KW, 'epochs': epochs})
+    return out
+
+
+def test_resume_rebuilds_missing_metrics_rows(tiny, tmp_path):
+    "metrics.json lost (or one epoch behind, after a kill between two writes): the rows come back from the checkpoint, numbered right."
+    out = _stopped_after_epoch_1(tiny, tmp_path / 'run')
+    (out / 'metrics.json').unlink()
+    nb10.resume_train(out, device='cpu', workers=0, progress=False)
+    rows = json.loads((out / 'metrics.json').read_text())
+    assert [r['epoch'] for r in rows] == [1, 2, 3] and rows[0]['lr'] is None and rows[1]['lr'] is not None
+    hist = torch.load(out / 'checkpoint.pt', weights_only=True)['history']
+    assert abs(rows[0]['valid_loss'] - hist[0]['valid_loss']) < 1e-6 and abs(rows[2]['valid_acc'] - hist[2]['valid_accuracy']) < 1e-6
+
+
+def test_resume_when_data_folder_moved(tiny, tmp_path, capsys):
+    "The data folder of a stopped run was moved: exp-train --resume says where it should be and how to fix it, no traceback."
+    data = tmp_path / 'data'; shutil.copytree(tiny, data)
+    out = _stopped_after_epoch_1(data, tmp_path / 'run')
+    data.rename(tmp_path / 'moved')
+    with pytest.raises(SystemExit) as e: main(['--resume', str(out), '--no-progress'])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f"data folder {data.resolve()}" in err and 'does not exist any more' in err and 'config.json' in err
+    assert (out / 'checkpoint.pt').is_file()                                  # the run is untouched, still resumable
+
+
+def test_resume_refuses_out(tiny, tmp_path, capsys):
+    out = _stopped_after_epoch_1(tiny, tmp_path / 'run', epochs=2)
+    assert 'argument --out: not allowed with --resume' in cli_error(capsys, ['--resume', out, '--out', tmp_path / 'other'])
+
+
+def test_bs_larger_than_training_set(tiny, tmp_path, capsys):
+    "The fast pipeline drops the last partial batch: --bs above the number of training images is refused, naming both."
+    with pytest.raises(SystemExit) as e: main(['--data', str(tiny), '--out', str(tmp_path / 'run'), *CLI_ARGS, '--bs', '64'])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and '--bs 64 is larger than the 8 training images (--limit 4)' in err and 'Traceback' not in err
+    assert not (tmp_path / 'run').exists()
+
 
 
 

@@ -163,6 +163,7 @@ def _cli_error(capsys, argv):
     (['--schedule', 'step'], 'argument --schedule: invalid choice'),
     (['--arch', 'draft-cnn', '--act', 'mish'], "options that do not go together: act='mish' applies to the xresnets"),
     (['--crop', 'zoom'], 'argument --crop: invalid choice'),
+    (['--seed', '-1'], 'argument --seed: must be in [0, 2**32), got -1'),
     (['--pipeline', 'per-item', '--crop', 'whole'], 'argument --crop: --crop whole needs the fast pipeline, not per-item'),
 ])
 def test_bad_args(args, msg, folder, capsys):
