@@ -1186,14 +1186,14 @@ def predict(paths, run_dir, device='cpu', bs=64):
     norm = partial(normalize_chan, mean=tensor(info['mean']), std=tensor(info['std']))
     paths, res = [Path(p) for p in listify(paths)], []
     for p in paths:
-        if not p.is_file(): raise FileNotFoundError(f"image {str(p)!r} not found")
+        if not p.is_file(): raise FileNotFoundError(f"image {str(p)!r} {'is a folder, not an image file' if p.is_dir() else 'not found'}")
     for i in range(0, len(paths), bs):
         chunk = paths[i:i + bs]
         xs = []
         for p in chunk:
             try: xs.append(compose(PIL.Image.open(p), tfms))
-            except (OSError, SyntaxError) as e:
-                raise ValueError(f"cannot read image {str(p)!r}: {e}. Replace it with a readable image file or leave it out") from e
+            except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as e:   # the last: more pixels than PIL's limit
+                raise ValueError(f"cannot read image {str(p)!r}: {str(e).rstrip('.')}. Replace it with a readable image file or leave it out") from e
         with torch.no_grad(): probs = F.softmax(model(norm(torch.stack(xs).to(device))).float(), dim=-1)
         conf, idx = probs.max(dim=-1)
         res += [(str(p), info['vocab'][int(j)], float(c)) for p, j, c in zip(chunk, idx, conf)]
@@ -1270,6 +1270,8 @@ def cli_call(parser, f):
     try: return f()
     except KeyboardInterrupt: parser.exit(130, f"{parser.prog}: interrupted\n")
     except RunSetupError as e: parser.exit(1, f"{parser.prog}: error: {e}\n")
+    except FloatingPointError as e:   # the nan guard stopped a diverging run: its Python advice (nan_check=False) does not apply here
+        parser.exit(1, f"{parser.prog}: error: training diverged: {str(e).split('. Lower')[0]}. Lower --lr (or check the images)\n")
     except ValueError as e:
         m = re.search(r"Cannot read image file '([^']+)'(?:: (.*?)\. Replace)?", str(e), re.S)
         if m is None: raise

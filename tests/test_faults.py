@@ -665,3 +665,19 @@ def test_corrupt_image_cli_message(pipeline, failed_run, tmp_path, capsys):
     assert e.value.code == 1 and f'cannot read the image file {bad}' in err and 'Delete it, or replace it' in err
     assert 'on_error' not in err and 'Traceback' not in err and not out.exists()
     assert snapshot(root) == before
+
+
+def test_diverging_run_from_the_cli(tiny, tmp_path, capsys):
+    "The nan guard stops a run whose loss explodes: exp-train says so and what to change on its command line, no traceback."
+    with pytest.raises(SystemExit) as e: main(['--data', str(tiny), '--out', str(tmp_path / 'run'), *CLI_ARGS, '--lr', '1e6'])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and 'training diverged: loss is' in err and 'Lower --lr' in err and 'nan_check' not in err
+
+
+def test_predict_refuses_huge_images_and_folders(run_a, tmp_path, monkeypatch, capsys):
+    "More pixels than PIL's safety limit, or a folder: a clear error naming the path, no traceback."
+    img = tmp_path / 'big.png'; PIL.Image.new('RGB', (40, 48)).save(img)
+    monkeypatch.setattr(PIL.Image, 'MAX_IMAGE_PIXELS', 100)                  # 1,920 pixels > 2 x the limit: PIL refuses
+    with pytest.raises(ValueError, match=f"cannot read image '{img}': Image size .* exceeds limit"): predict([img], run_a)
+    with pytest.raises(SystemExit): predict_main([str(run_a), str(tmp_path)])
+    assert f"image '{tmp_path}' is a folder, not an image file" in capsys.readouterr().err
