@@ -53,7 +53,8 @@ def get_files(path, extensions=None, recurse=False, include=None):
     res, seen = [], set()
     for folder, dirs, names in os.walk(path, followlinks=True):      # symlinked folders count, each real folder once
         real = os.path.realpath(folder)
-        if real in seen: dirs[:] = []; continue                       # a link back up the tree (or a second link)
+        if real in seen:                                              # a link back up the tree, or a second link to a folder
+            warnings.warn(f"get_files: skipped '{folder}': it links to '{real}', which was already read"); dirs[:] = []; continue
         seen.add(real)
         top = folder == str(path)
         dirs[:] = [d for d in dirs if not d.startswith('.') and (not top or not include or d in include)]
@@ -446,8 +447,8 @@ def decode_all(files, size, num_workers=None, chunksize=32, geometry='square'):
 
 def current_umask():
     "The process's umask: from /proc on Linux, elsewhere by setting it and putting it back."
-    with contextlib.suppress(OSError, ValueError):
-        for line in open('/proc/self/status'):
+    with contextlib.suppress(OSError, ValueError), open('/proc/self/status') as f:
+        for line in f:
             if line.startswith('Umask:'): return int(line.split()[1], 8)
     m = os.umask(0o022); os.umask(m)
     return m
@@ -469,8 +470,8 @@ def atomic_file(path, write, error=None):
         if error is None: raise
         raise error(e, path) from e
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())        # mkstemp makes it owner-only; give it a normal file's permissions
         with os.fdopen(fd, 'wb') as f:
+            with contextlib.suppress(OSError): os.chmod(tmp, 0o666 & ~current_umask())   # mkstemp: owner-only; make it a normal file
             write(f)
             f.flush(); os.fsync(f.fileno())            # on disk before the rename makes it visible
         os.replace(tmp, path)                          # atomic on POSIX and Windows: readers see the old or the new file
@@ -578,7 +579,7 @@ class TensorBatchLoader:
         self.mean, self.std = mean, std                                           # None: batches stay in [0, 1]
         seed = torch.initial_seed() if seed is None else seed
         self.gen = torch.Generator().manual_seed(seed)                            # the order of the items (on the CPU)
-        self.aug_gen = torch.Generator(self.device).manual_seed(seed + 1)         # crops and flips, drawn on the device
+        self.aug_gen = torch.Generator(self.device).manual_seed((seed + 1) % 2**64)  # crops and flips, drawn on the device
         self._buf = None                                                          # float batch, reused
 
     def __len__(self): return len(self.y) // self.bs if self.drop_last else math.ceil(len(self.y) / self.bs)

@@ -353,15 +353,13 @@ class MixedPrecision(Callback):
             self.loss.register_hook(self.scaler.scale)  # scale the gradients, not the reported loss
     def after_backward(self):
         if self.scaler is None: return
-        self.scaler.unscale_(self.opt)
+        self.scaler.unscale_(self.opt); self.unscaled = True
         grads = [p.grad for pg in self.opt.param_groups for p in pg['params'] if p.grad is not None]
-        if not torch.stack([g.isfinite().all() for g in grads]).all():  # fp16 overflow: skip this step, shrink the scale
-            self.scaler.update()
-            for g in grads: g.zero_()
-            raise CancelBatchException()
-    def after_step(self):
-        if self.scaler is not None: self.scaler.update()
-    def after_batch(self): self._leave()  # also when a callback cancelled the batch mid-forward
+        if not torch.stack([g.isfinite().all() for g in grads]).all():  # fp16 overflow: skip this step (the scale shrinks
+            raise CancelBatchException()                                 # in after_batch; batch_steps drops the gradients)
+    def after_batch(self):
+        self._leave()                    # also when a callback cancelled the batch mid-forward
+        if getattr(self, 'unscaled', False): self.scaler.update(); self.unscaled = False   # after every unscale_, cancelled or not
     def after_fit(self): self._leave()
 
 class ChannelsLast(Callback):
@@ -783,7 +781,10 @@ def set_loader_state(dl, s):
     if sg is not None and sg is not g and s['sampler_generator'] is not None: sg.set_state(s['sampler_generator'])
     if s['sampler_seed'] is not None and hasattr(sampler, 'seed'): sampler.seed = s['sampler_seed']
     ag, sa = getattr(dl, 'aug_gen', None), s.get('aug_generator')   # absent from older checkpoints
-    if ag is not None and sa is not None and sa['device'] == ag.device.type: ag.set_state(sa['state'])   # (another device: reseeded)
+    if ag is None or sa is None: return
+    if sa['device'] == ag.device.type: ag.set_state(sa['state'])
+    else: warnings.warn(f"the random crops were drawn on {sa['device']} before, on {ag.device.type} now: they restart from "
+                        "the loader's seed, so the resumed epochs will not repeat the uninterrupted run exactly")
 
 # %% ../nbs/10_bag_of_tricks.ipynb #76d975fc
 CHECKPOINT_FORMAT = 'exp-checkpoint-v1'

@@ -2,7 +2,7 @@
 """GPU benchmark, all measurements in one run (see run_gpu.sh for the setup). Prints a markdown table.
 
 1. model-only ceiling: xresnet50 train steps at 128 px on synthetic data already on the GPU (bf16 autocast, channels_last),
-   at bs 64 and bs 256 (ReLU + SGD, with and without cudnn.benchmark) and at bs 64 with Mish + fused RAdam (fastai's);
+   at bs 64 and bs 256 (ReLU + SGD, with and without cudnn.benchmark) and at bs 64 with Mish + RAdam (fastai's optimiser without Lookahead);
 2. host syncs per epoch in exp's training loop (CUDA sync debug mode);
 3. exp: `python -m exp.nb_10` (xresnet50, 5 epochs, 128 px, fast pipeline) in several configurations (EXP_RUNS), each
    timed from process start to its final metric (the last write of metrics.json) and to exit, with the accuracy and
@@ -94,11 +94,12 @@ def ceiling(bs, device, size=128, steps=30, benchmark=False, act='relu'):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == 'cuda'):
             loss = torch.nn.functional.cross_entropy(m(x), y)
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-    for _ in range(5): step()
-    sync(); t0 = time.time()
-    for _ in range(steps): step()
-    sync()
-    torch.backends.cudnn.benchmark = False
+    try:
+        for _ in range(5): step()
+        sync(); t0 = time.time()
+        for _ in range(steps): step()
+        sync()
+    finally: torch.backends.cudnn.benchmark = False
     return bs * steps / (time.time() - t0)
 
 
