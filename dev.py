@@ -26,11 +26,18 @@ def say(msg): print(f'[dev] {msg}', flush=True)
 
 
 def sh(*cmd, check=True, **kw):
-    "Run a command from the repo root, echoing it; exit with its code when it fails and `check`."
+    "Run a command from the repo root, echoing it; when it fails and `check`, exit with its exit code."
     say(' '.join(map(str, cmd)))
     r = subprocess.run([str(c) for c in cmd], cwd=kw.pop('cwd', ROOT), **kw)
-    if check and r.returncode: sys.exit(f'[dev] failed ({r.returncode}): {" ".join(map(str, cmd))}')
+    if check and r.returncode:
+        say(f'failed ({r.returncode}): {" ".join(map(str, cmd))}')
+        sys.exit(r.returncode if 0 < r.returncode < 256 else 1)
     return r
+
+
+def venv_works():
+    "True when .venv has a Python that can run pip (a half-created venv, e.g. interrupted, has no pip)."
+    return PY.exists() and subprocess.run([str(PY), '-m', 'pip', '--version'], capture_output=True).returncode == 0
 
 
 def setup():
@@ -38,9 +45,11 @@ def setup():
     if sys.version_info < (3, 10): sys.exit('[dev] Python >= 3.10 is needed; run this with a newer python3.')
     want = hashlib.sha256((ROOT / 'settings.ini').read_bytes() + (ROOT / 'dev.py').read_bytes()).hexdigest()
     if PY.exists() and STAMP.exists() and STAMP.read_text() == want: return
-    if not PY.exists():
-        say(f'creating virtual environment {VENV}')
-        venv.EnvBuilder(with_pip=True).create(VENV)
+    if not venv_works():
+        say(f'{"re" if VENV.exists() else ""}creating virtual environment {VENV}')
+        try: venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+        except Exception as e:
+            sys.exit(f'[dev] could not create {VENV} ({e}); on Debian/Ubuntu install python3-venv, then run this again')
     # settings.ini holds every requirement with tested ranges; the [dev] extra pins nbdev 2 and its tools.
     sh(PY, '-m', 'pip', 'install', '-q', '--upgrade', 'pip')
     sh(PY, '-m', 'pip', 'install', '-q', '-e', '.[dev]')
@@ -89,9 +98,13 @@ def test(args):
     say(f'all tests passed in {time.time() - t0:.0f}s')
 
 
+COMMANDS = ('setup', 'test', 'train', 'notebooks', 'test-nb', 'bench')
+
+
 def main(argv):
     if not argv or argv[0] in ('-h', '--help', 'help'): return print(__doc__)
     cmd, args = argv[0], argv[1:]
+    if cmd not in COMMANDS: sys.exit(f'[dev] unknown command {cmd!r}: choose one of {", ".join(COMMANDS)} (python3 dev.py help)')
     setup()
     if cmd == 'setup': return
     if cmd == 'test': return test(args)
@@ -103,7 +116,6 @@ def main(argv):
         bp = ROOT / 'tests' / 'bench_pipeline.py'
         if bp.exists(): sh(PY, bp, *args, env=data_env())
         return
-    sys.exit(f'[dev] unknown command {cmd!r}; try: python3 dev.py help')
 
 
 if __name__ == '__main__': main(sys.argv[1:])

@@ -3,7 +3,7 @@
 Everything runs against an HTTP server on 127.0.0.1 (ephemeral port, in a thread) or a closed local port; no test
 touches any other address. The real files come from the shared data folder beside the checkout (../shared/data).
 """
-import gzip, hashlib, http.server, io, os, re, socket, struct, tarfile, threading
+import errno, gzip, hashlib, http.server, io, os, re, socket, struct, tarfile, threading, time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ def closed_port():
 class Handler(http.server.BaseHTTPRequestHandler):
     "Serves files of `root`; honours `Range: bytes=N-` unless told otherwise; can cut a transfer short."
     root, log, truncate, ignore_range = None, None, None, None
+    no_length = ()                                                      # names sent without a Content-Length header
 
     def log_message(self, *args): pass
 
@@ -56,7 +57,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(206)
             self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
         else: self.send_response(200)
-        self.send_header('Content-Length', str(len(data) - start))   # the full length, even when we cut short
+        if name not in self.no_length: self.send_header('Content-Length', str(len(data) - start))   # the full length, even when we cut short
         self.end_headers()
         body = data[start:]
         if name in self.truncate: body = body[:len(body) // 2]          # then the connection closes
@@ -193,7 +194,35 @@ def test_server_without_range_restarts_cleanly(server, tmp_path):
 
 def test_http_error_is_clear(server):
     base, _, _ = server
-    with pytest.raises(DownloadError, match='404'): download_data(base + 'nothing-here.tgz')
+    with pytest.raises(DownloadError, match='404') as e: download_data(base + 'nothing-here.tgz')
+    assert 'To work offline, place the file nothing-here.tgz' in str(e.value)   # what to do, not just the status
+
+
+def test_cut_transfer_without_length_is_not_accepted(server, tmp_path):
+    "No Content-Length and no checksum: an archive cut short is caught by reading it through, and nothing is kept."
+    base, root, h = server
+    make_tar(root / 'big.tgz', [(f'big/f{i}.bin', os.urandom(20000)) for i in range(10)])
+    h.no_length, h.truncate = {'big.tgz'}, {'big.tgz'}
+    with pytest.raises(DownloadError, match='big.tgz arrived incomplete or damaged'): download_data(base + 'big.tgz')
+    assert not (tmp_path / 'data' / 'big.tgz').exists() and leftovers(tmp_path / 'data') == []
+    h.truncate = set()                                                    # whole, still without a length: accepted
+    assert file_sha256(download_data(base + 'big.tgz')) == file_sha256(root / 'big.tgz')
+
+
+def test_two_downloads_of_one_file_at_once(server, tmp_path, monkeypatch):
+    "Two downloads of the same file overlap: the second waits for the first and reuses its file (one request, intact)."
+    base, root, h = server
+    (root / 'f.bin').write_bytes(os.urandom(300_000))
+    real = nb01.http_fetch
+    def slow_fetch(*a, **k): time.sleep(0.5); return real(*a, **k)       # keep the first one busy while the second starts
+    monkeypatch.setattr(nb01, 'http_fetch', slow_fetch)
+    res = []
+    ts = [threading.Thread(target=lambda: res.append(download_data(base + 'f.bin', sha256=file_sha256(root / 'f.bin'))))
+          for _ in range(2)]
+    for t in ts: t.start(); time.sleep(0.1)
+    for t in ts: t.join()
+    assert len(res) == 2 and res[0] == res[1] and file_sha256(res[0]) == file_sha256(root / 'f.bin')
+    assert [n for n, _ in h.log] == ['f.bin'] and leftovers(tmp_path / 'data') == []
 
 
 def test_offline_without_mirror_names_file_and_folder(tmp_path):
@@ -233,6 +262,9 @@ BAD_MEMBERS = {
     'symlink_abs': ([('pkg/etc', '->/etc')], 'link to absolute path'),
     'hardlink_out': ([('pkg/h', '=>../outside.txt')], 'points outside'),
     'device': ([('pkg/ok.txt', b'ok'), ('pkg/dev0', 'dev')], 'device'),
+    'symlink_chain': ([('pkg/ok.txt', b'ok'), ('pkg/l2', '->.'), ('pkg/l1', '->l2/..'), ('pkg/l1/escape.txt', b'evil')],
+                      'goes through (or is) another link'),           # each link alone looks inside: together they climb out
+    'through_link': ([('pkg/d', '->sub'), ('pkg/sub/a.txt', b'a'), ('pkg/d/b.txt', b'b')], 'its path goes through a link'),
 }
 
 
@@ -247,6 +279,38 @@ def test_unsafe_archive_rejected(case, tmp_path, monkeypatch):
     data = tmp_path / 'data'
     assert not (data / 'pkg').exists() and leftovers(data) == []          # nothing half-extracted
     assert not (tmp_path / 'escape.txt').exists() and not Path('/tmp/exp-abs-escape.txt').exists()
+
+
+def test_symlink_chain_rejected_without_data_filter(tmp_path, monkeypatch):
+    "Pythons before 3.10.12 / 3.11.4 have no tarfile data filter: our own checks alone must stop a chain of links."
+    monkeypatch.delattr(tarfile, 'data_filter', raising=False)
+    test_unsafe_archive_rejected('symlink_chain', tmp_path, monkeypatch)
+
+
+def test_untar_never_deletes_a_folder_it_did_not_make(tmp_path, monkeypatch):
+    mirror = tmp_path / 'mirror'; mirror.mkdir()
+    make_tar(mirror / 'v.tgz', [('v/a.txt', b'A')])
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(mirror))
+    url = f'http://127.0.0.1:{closed_port()}/v.tgz'
+    mine = tmp_path / 'mine'; mine.mkdir(); (mine / 'labels.csv').write_text('my own work')
+    for force in (False, True):
+        with pytest.raises(FileExistsError, match='was not extracted by untar_data'): untar_data(url, dest=mine, force=force)
+    assert [p.name for p in mine.iterdir()] == ['labels.csv']               # untouched
+    other = untar_data(url, dest=tmp_path / 'other')                        # any dest: the archive's top folder is the content
+    assert (other / 'a.txt').read_bytes() == b'A' and untar_data(url) == tmp_path / 'data' / 'v'
+    (tmp_path / 'empty').mkdir(); assert (untar_data(url, dest=tmp_path / 'empty') / 'a.txt').is_file()   # an empty folder is fine
+
+
+def test_full_disk_while_extracting_blames_the_disk(tmp_path, monkeypatch):
+    mirror = tmp_path / 'mirror'; mirror.mkdir()
+    make_tar(mirror / 'v.tgz', [('v/a.txt', b'A')])
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(mirror))
+    def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(tarfile.TarFile, 'extractall', full)
+    with pytest.raises(OSError, match='cannot extract v.tgz into .*No space left on device. The archive itself is fine') as e:
+        untar_data(f'http://127.0.0.1:{closed_port()}/v.tgz')
+    assert not isinstance(e.value, ArchiveError) and (tmp_path / 'data' / 'v.tgz').is_file()   # the download is kept
+    assert not (tmp_path / 'data' / 'v').exists() and leftovers(tmp_path / 'data') == []
 
 
 def test_corrupt_archive(tmp_path, monkeypatch):

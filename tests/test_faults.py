@@ -308,7 +308,7 @@ def test_offline_without_mirror(tmp_path, monkeypatch):
     msg = str(e.value)
     assert f'cannot download {url}' in msg and f"place the file pets.tgz at {tmp_path / 'data' / 'pets.tgz'}" in msg
     assert '<mirror>/pets.tgz and set EXP_DATA_MIRROR=<mirror>' in msg
-    assert sorted(p.name for p in (tmp_path / 'data').iterdir()) == []       # no archive, no folder, no .part
+    assert sorted(p.name for p in (tmp_path / 'data').iterdir()) == ['.pets.tgz.lock']   # no archive, folder or .part (the lock file stays)
     monkeypatch.setenv('EXP_DATA_MIRROR', str(tmp_path / 'no-mirror'))      # a mirror that is not there
     with pytest.raises(FileNotFoundError, match="EXP_DATA_MIRROR=.*no-mirror.* is not a folder.*or unset it"): data_mirror()
     with pytest.raises(FileNotFoundError, match='EXP_DATA_MIRROR'): download_data(url)
