@@ -90,6 +90,8 @@ def check_callback(cb):
     if isinstance(cb, type):
         raise TypeError(f"got the class {cb.__name__}; pass an instance ({cb.__name__}()) in cbs, or the class in cb_funcs")
     if not isinstance(cb, Callback): raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    if hasattr(cb, '_order'):   # fastai's spelling would be silently ignored
+        raise ValueError(f"{type(cb).__name__} sets `_order`; here the sort key is `order` (rename it)")
     for m in dir(type(cb)):
         if m.startswith(('begin_', 'after_')) and m not in EVENTS:
             raise ValueError(f"{type(cb).__name__}.{m} looks like an event handler but {m!r} is not an event; "
@@ -198,6 +200,9 @@ class Runner:
         for a in ('model', 'opt', 'loss_func', 'data'):
             if not hasattr(learn, a):
                 raise TypeError(f"fit: learn must be a Learner(model, opt, loss_func, data); {type(learn).__name__} has no {a!r}")
+        if not all(hasattr(learn.opt, a) for a in ('step', 'zero_grad', 'param_groups')):
+            raise TypeError(f"fit: learn.opt must be an optimizer (step, zero_grad, param_groups), got {type(learn.opt).__name__}: "
+                            "was an opt_func or a factory of one (such as adam_opt()) passed where the optimizer itself belongs?")
         for i, pg in enumerate(getattr(learn.opt, 'param_groups', [])):
             lr = pg.get('lr')
             if isinstance(lr, numbers.Real) and not lr >= 0:

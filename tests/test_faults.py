@@ -567,8 +567,16 @@ def failed_run(tmp_path_factory):
     bad.write_bytes(bad.read_bytes()[:300])
     before = snapshot(root)
     out = tmp_path_factory.mktemp('failed') / 'run'
-    with pytest.raises(ValueError) as e: train(root, out=out, **{**TRAIN_KW, 'pipeline': 'per-item'})   # fails mid-epoch 1
+    with pytest.raises(ValueError) as e:    # fixed stats: nothing reads the images before training, which fails mid-epoch 1
+        train(root, out=out, **{**TRAIN_KW, 'pipeline': 'per-item', 'stats': 'imagenette'})
     return e.value, out, bad, before, root
+
+
+def test_corrupt_image_found_while_measuring_stats(failed_run, tmp_path):
+    "With statistics measured on the data (the default for non-Imagenette folders) the bad file is named before any run folder exists."
+    exc, out, bad, before, root = failed_run
+    with pytest.raises(ValueError, match=f"Cannot read image file '{bad}'"): train(root, out=tmp_path / 'run', **TRAIN_KW)
+    assert not (tmp_path / 'run').exists()
 
 
 def test_corrupt_image_during_training_is_named(failed_run):
@@ -669,7 +677,7 @@ def test_corrupt_image_cli_message(pipeline, failed_run, tmp_path, capsys):
 
 def test_diverging_run_from_the_cli(tiny, tmp_path, capsys):
     "The nan guard stops a run whose loss explodes: exp-train says so and what to change on its command line, no traceback."
-    with pytest.raises(SystemExit) as e: main(['--data', str(tiny), '--out', str(tmp_path / 'run'), *CLI_ARGS, '--lr', '1e6'])
+    with pytest.raises(SystemExit) as e: main(['--data', str(tiny), '--out', str(tmp_path / 'run'), *CLI_ARGS, '--lr', '1e30'])
     err = capsys.readouterr().err
     assert e.value.code == 1 and 'training diverged: loss is' in err and 'Lower --lr' in err and 'nan_check' not in err
 

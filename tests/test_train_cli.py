@@ -81,6 +81,22 @@ def test_fastai_like_recipe(folder, tmp_path):
     assert len(predict(sorted((folder / 'val').glob('*/*.jpg'))[:2], out)) == 2
 
 
+def test_stats_measured_on_own_data(run_dir, folder, tmp_path):
+    "Not Imagenette: the normalisation is measured on the training images, saved in config.json and model.pt, used by predict."
+    from exp.nb_10 import image_stats, imagenette_stats, resolve_stats
+    cfg = json.loads((run_dir / 'config.json').read_text())
+    ck = torch.load(run_dir / 'model.pt', weights_only=True)
+    files = sorted((folder / 'train').glob('*/*'))
+    want = [list(v) for v in image_stats(files, 32)]
+    assert cfg['args']['stats'] == 'auto' and [cfg['stats']['mean'], cfg['stats']['std']] == want == [ck['mean'], ck['std']]
+    assert want[0] != list(imagenette_stats[0])
+    out = tmp_path / 'fixed'
+    p = _run('--data', folder, '--epochs', '1', '--size', '32', '--bs', '8', '--workers', '0', '--device', 'cpu', '--out', out,
+             '--no-progress', '--stats', 'imagenette')
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert torch.load(out / 'model.pt', weights_only=True)['mean'] == [float(v) for v in imagenette_stats[0]]
+
+
 def test_predict(run_dir, folder):
     from exp.nb_10 import predict
     imgs = sorted((folder / 'val').glob('*/*.jpg'))
@@ -164,6 +180,7 @@ def _cli_error(capsys, argv):
     (['--arch', 'draft-cnn', '--act', 'mish'], "options that do not go together: act='mish' applies to the xresnets"),
     (['--crop', 'zoom'], 'argument --crop: invalid choice'),
     (['--seed', '-1'], 'argument --seed: must be in [0, 2**32), got -1'),
+    (['--stats', 'imagenet'], 'argument --stats: invalid choice'),
     (['--pipeline', 'per-item', '--crop', 'whole'], 'argument --crop: --crop whole needs the fast pipeline, not per-item'),
 ])
 def test_bad_args(args, msg, folder, capsys):
