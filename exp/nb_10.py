@@ -17,8 +17,8 @@ __all__ = ['PIPELINES', 'IMAGENETTE_CLASSES', 'STATS', 'norm_types', 'ARCHS', 'O
            'set_loader_state', 'interrupted_path', 'model_info', 'describe_model', 'check_state_fits',
            'read_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'resume_config', 'cannot_create',
            'check_run_dir', 'prepare_run_dir', 'RunLogger', 'plot_run', 'check_train_args', 'resume_rows',
-           'settle_failed_run', 'train', 'resume_train', 'read_model_file', 'load_run', 'predict_tfms', 'predict',
-           'positive', 'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main', 'predict_main',
+           'run_dir_lock', 'settle_failed_run', 'train', 'resume_train', 'read_model_file', 'load_run', 'predict_tfms',
+           'predict', 'positive', 'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main', 'predict_main',
            'train_cli', 'predict_cli', 'find_settings', 'nb_auto_export']
 
 # %% ../nbs/10_bag_of_tricks.ipynb #0f91ba1f
@@ -1075,6 +1075,21 @@ def resume_rows(saved, history, done):
                                    seconds=round(float(h['time']), 2))
     return [by_epoch.get(e) or rebuilt(e, history[e - 1]) for e in range(1, done + 1)]
 
+@contextlib.contextmanager
+def run_dir_lock(out):
+    "Hold an exclusive lock on the run folder `out` (POSIX flock on the folder itself) for the `with` body; None: no lock."
+    try: import fcntl
+    except ImportError: fcntl = None
+    if out is None or fcntl is None: yield; return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunSetupError(f"run folder {out} is in use by another exp-train process (the same run resumed twice?): "
+                                "wait for it to end, or stop it, then try again") from None
+        yield
+    finally: os.close(fd)
+
 def settle_failed_run(out, exc=None, created=True):
     "After a failed `train`: keep a run folder whose checkpoint.pt holds finished epochs and say how to resume; else remove what the run wrote."
     out, ck = Path(out), Path(out) / CHECKPOINT_NAME
@@ -1115,11 +1130,12 @@ def train(data_path=None, size=128, epochs=5, bs=64, lr=None, arch='xresnet18', 
         data = folder_databunch(data_path, size, bs, limit, workers, pipeline, dev, seed, cache_dir, crop, stats)   # before the folder exists
         created = resume is None and main_proc and not out.exists()
         if resume is None and main_proc: prepare_run_dir(out)
-        try: return _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, workers, limit, pipeline,
-                            cache_dir, data_path, progress, resume, cbs, distributed, compile_model, crop, stats)
-        except BaseException as e:
-            if main_proc: settle_failed_run(out, e, created=created or resume is not None)
-            raise
+        with run_dir_lock(out if main_proc else None):   # before anything that could write (or remove) the folder
+            try: return _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, workers, limit, pipeline,
+                                cache_dir, data_path, progress, resume, cbs, distributed, compile_model, crop, stats)
+            except BaseException as e:
+                if main_proc: settle_failed_run(out, e, created=created or resume is not None)
+                raise
     finally:
         if own_group: dist.destroy_process_group()
 
@@ -1191,8 +1207,8 @@ def read_model_file(p):
     return info
 
 def load_run(run_dir, device='cpu'):
-    "Load a run folder's model.pt (weights_only) and rebuild its model in eval mode; returns (model, info dict)."
-    p = Path(run_dir) / 'model.pt'
+    "Load a run folder's model.pt (weights_only; the file itself may be given) and rebuild its model in eval mode; returns (model, info dict)."
+    p = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / 'model.pt'
     info = read_model_file(p)
     if info['arch'] not in ARCHS: raise ValueError(f"{p}: unknown arch {info['arch']!r} (choose one of {', '.join(ARCHS)}); it was not written by this exp")
     model = make_model(info['arch'], 3, len(info['vocab']), bcd=info.get('bcd', True), act=info.get('act', 'relu'))

@@ -635,6 +635,17 @@ def test_resume_when_data_folder_moved(tiny, tmp_path, capsys):
     assert (out / 'checkpoint.pt').is_file()                                  # the run is untouched, still resumable
 
 
+def test_resume_while_the_run_is_in_use(tiny, tmp_path, capsys):
+    "A second exp-train on a run folder another one is using is refused, and the folder is left exactly as it was."
+    out = _stopped_after_epoch_1(tiny, tmp_path / 'run')
+    before = snapshot(out)
+    with nb10.run_dir_lock(out):                                              # as a running exp-train holds it
+        with pytest.raises(SystemExit) as e: main(['--resume', str(out), '--no-progress'])
+    assert e.value.code == 1 and 'is in use by another exp-train process' in capsys.readouterr().err
+    assert snapshot(out) == before
+    assert nb10.resume_train(out, device='cpu', workers=0, progress=False) == out   # free again: resumes
+
+
 def test_resume_refuses_out(tiny, tmp_path, capsys):
     out = _stopped_after_epoch_1(tiny, tmp_path / 'run', epochs=2)
     assert 'argument --out: not allowed with --resume' in cli_error(capsys, ['--resume', out, '--out', tmp_path / 'other'])
