@@ -1378,10 +1378,16 @@ def main(argv=None):
 def predict_main(argv=None):
     "Entry point of `exp-predict RUN_DIR IMAGE...`: prints file, class and probability per image."
     p = argparse.ArgumentParser(prog='exp-predict', description='Classify images with a run folder written by exp-train.')
-    p.add_argument('run_dir', type=Path, help='run folder holding model.pt')
+    p.add_argument('run_dir', type=Path, help='run folder holding model.pt (or the model.pt file)')
     p.add_argument('images', type=Path, nargs='+', help='image files')
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda', 'mps'), default='cpu',
+                   help="where to run the model: cpu (default), or auto = cuda -> mps -> cpu")
     a = p.parse_args(argv)
-    try: res = predict(a.images, a.run_dir)
+    if a.device == 'cuda' and not torch.cuda.is_available(): p.error("argument --device: torch sees no CUDA GPU; use auto or cpu")
+    if a.device == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
+        p.error("argument --device: mps is not available; use auto or cpu")
+    device = default_device() if a.device == 'auto' else torch.device(a.device)
+    try: res = predict(a.images, a.run_dir, device=device)
     except (FileNotFoundError, ValueError) as e: p.error(str(e))
     for path, cls, prob in res: print(f"{path}\t{cls}\t{prob:.4f}")
     return res

@@ -112,6 +112,10 @@ def test_predict_cli(run_dir, folder):
     from exp.nb_10 import predict_main
     (path, cls, prob), = predict_main([str(run_dir), str(img)])
     assert path == str(img) and cls in CLASSES and 0 < prob <= 1
+    (_, cls2, prob2), = predict_main([str(run_dir / 'model.pt'), str(img), '--device', 'auto'])   # the file, any device
+    assert cls2 == cls and abs(prob2 - prob) < 1e-3
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit): predict_main([str(run_dir), str(img), '--device', 'cuda'])
 
 
 def test_console_scripts_exit_zero(run_dir, folder):
