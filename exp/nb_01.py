@@ -4,14 +4,14 @@
 __all__ = ['KNOWN_SHA256', 'FMNIST_CLASSES', 'TAR_SUFFIXES', 'STAMP_NAME', 'WRITE_ERRNOS', 'IDX_DTYPES', 'FMNIST_SYSTEM_PATH',
            'datasets', 'default_data_path', 'data_mirror', 'URLs', 'url_fname', 'url_relpath', 'file_sha256',
            'DownloadError', 'ChecksumError', 'ArchiveError', 'check_sha256', 'show_progress', 'http_fetch',
-           'offline_message', 'file_lock', 'check_complete', 'download_data', 'archive_stem', 'check_member',
-           'check_link_chains', 'safe_extract', 'read_stamp', 'stamp_matches', 'untar_data', 'read_idx',
+           'offline_message', 'file_lock', 'remove_stale_temps', 'check_complete', 'download_data', 'archive_stem',
+           'check_member', 'check_link_chains', 'safe_extract', 'read_stamp', 'stamp_matches', 'untar_data', 'read_idx',
            'find_fashion_mnist_file', 'load_fashion_mnist', 'matmul']
 
 # %% ../nbs/01_matmul.ipynb #46536bb4
 from .nb_00 import *
 reexport(globals(), 'exp.nb_00')
-import types, struct, tarfile, zlib, contextlib, errno, http.client, urllib.request, urllib.error
+import types, struct, tarfile, zlib, contextlib, errno, glob, http.client, urllib.request, urllib.error
 from urllib.parse import urlparse
 from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 
@@ -145,6 +145,15 @@ def file_lock(path):
         finally:
             if fcntl is not None: fcntl.flock(f, fcntl.LOCK_UN)
 
+def remove_stale_temps(path, min_age=0., suffix='.tmp'):
+    "Delete what a killed process left beside `path`: temp files or folders `.<name>.*<suffix>` older than `min_age` seconds."
+    path = Path(path)
+    for f in glob.glob(str(path.parent / f'.{glob.escape(path.name)}.*{suffix}')):
+        with contextlib.suppress(OSError):
+            if time.time() - os.lstat(f).st_mtime < min_age: continue
+            if os.path.isdir(f) and not os.path.islink(f): shutil.rmtree(f)
+            else: os.unlink(f)
+
 TAR_SUFFIXES = ('.tar.gz', '.tar.bz2', '.tar.xz', '.tgz', '.tbz2', '.txz', '.tar')
 
 def check_complete(part, name, source):
@@ -179,6 +188,7 @@ def _fetch(url, dest, relpath, want, force, progress, timeout):
     mirror = data_mirror()
     src = next((p for p in ([mirror/relpath, mirror/relpath.name] if mirror else []) if p.is_file()), None)
     if src is not None:                     # mirror first: a plain copy (to a private .part), verified like a download
+        remove_stale_temps(dest, 3600, '.part')          # private copies of killed runs (another copy now is younger)
         fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.part', dir=dest.parent); os.close(fd)
         part, source = Path(tmp), src
         try: shutil.copyfile(src, part)
@@ -289,6 +299,7 @@ def untar_data(url, dest=None, sha256=None, force=False, progress=None):
         raise FileExistsError(f"{dest} exists and was not extracted by untar_data (it has no {STAMP_NAME}), so it may hold "
                               "your own files: untar_data never deletes those. Move it away, or pass another dest=")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest, 3600)                       # extraction folders of killed runs (one running now is younger)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent))
     try:
         safe_extract(archive, tmp)

@@ -7,8 +7,8 @@ __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'norm_im
            'split_by_func', 'SplitData', 'uniqueify', 'Processor', 'CategoryProcessor', 'parent_labeler', 'LabeledData',
            'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan', 'center_square', 'CenterSquare',
            'decode_square', 'decode_whole', 'image_aspects', 'decode_args', 'source_fingerprint', 'decode_all',
-           'current_umask', 'remove_stale_temps', 'atomic_file', 'save_atomic', 'cached_images', 'random_crop_params',
-           'crop_theta', 'crop_grid', 'batch_random_resized_crop', 'batch_resize', 'LoaderItems', 'fits_on_device',
+           'current_umask', 'atomic_file', 'save_atomic', 'cached_images', 'random_crop_params', 'crop_theta',
+           'crop_grid', 'batch_random_resized_crop', 'batch_resize', 'LoaderItems', 'fits_on_device',
            'TensorBatchLoader', 'split_cache_file', 'fast_databunch', 'PIL']
 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
@@ -452,13 +452,6 @@ def current_umask():
             if line.startswith('Umask:'): return int(line.split()[1], 8)
     m = os.umask(0o022); os.umask(m)
     return m
-
-def remove_stale_temps(path, min_age=0.):
-    "Delete the temp files that `atomic_file` left beside `path` when its process was killed mid-write (those older than `min_age` s)."
-    path = Path(path)
-    for f in glob.glob(str(path.parent / f'.{glob.escape(path.name)}.*.tmp')):
-        with contextlib.suppress(OSError):
-            if time.time() - os.stat(f).st_mtime >= min_age: os.unlink(f)
 
 def atomic_file(path, write, error=None):
     "Create `path` whole or not at all: `write(f)` fills a binary temp file beside it, fsync, os.replace; `error(e, path)` may reword an OSError."

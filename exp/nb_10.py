@@ -363,8 +363,9 @@ class MixedPrecision(Callback):
         dev = next(self.model.parameters()).device
         self.device_type, self.dtype = dev.type, amp_dtype(dev, self.dtype_arg, self.cpu)
         self.scaler = torch.amp.GradScaler(dev.type, init_scale=self.init_scale) if self.dtype == torch.float16 else None
-    def begin_batch(self):
-        if self.dtype is None: return
+        self.fitting = True
+    def begin_batch(self):   # nothing outside a fit (get_batch fires begin_batch alone: no after_batch would leave autocast)
+        if not getattr(self, 'fitting', False) or self.dtype is None: return
         self.ctx = torch.autocast(self.device_type, dtype=self.dtype)
         self.ctx.__enter__()
     def _leave(self):
@@ -382,7 +383,7 @@ class MixedPrecision(Callback):
     def after_batch(self):
         self._leave()                    # also when a callback cancelled the batch mid-forward
         if getattr(self, 'unscaled', False): self.scaler.update(); self.unscaled = False   # after every unscale_, cancelled or not
-    def after_fit(self): self._leave()
+    def after_fit(self): self._leave(); self.fitting = False
 
 class ChannelsLast(Callback):
     "Keep the model's conv weights and each image batch in channels-last (NHWC) memory order, which GPU tensor cores prefer."
