@@ -299,21 +299,22 @@ def untar_data(url, dest=None, sha256=None, force=False, progress=None):
         raise FileExistsError(f"{dest} exists and was not extracted by untar_data (it has no {STAMP_NAME}), so it may hold "
                               "your own files: untar_data never deletes those. Move it away, or pass another dest=")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(dest, 3600)                       # extraction folders of killed runs (one running now is younger)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent))
-    try:
-        safe_extract(archive, tmp)
-        tops = [p for p in tmp.iterdir()]
-        new = tops[0] if len(tops) == 1 and tops[0].is_dir() else tmp   # an archive's single top folder is the content
-        s = archive.stat()
-        (new/STAMP_NAME).write_text(json.dumps({'archive': archive.name, 'sha256': file_sha256(archive),
-                                                'size': s.st_size, 'mtime_ns': s.st_mtime_ns}))
-        if not force and dest.is_dir() and stamp_matches(dest, archive): return dest   # another process just finished the same job
-        if dest.exists():                    # replace an outdated folder: move it aside, swap, then delete
-            old = dest.with_name(f'.{dest.name}.old-{os.getpid()}')
-            os.replace(dest, old); os.replace(new, dest); shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(new, dest)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    with file_lock(dest.with_name(f'.{dest.name}.lock')):   # one extraction at a time; a second one then finds it done
+        if dest.is_dir() and not force and stamp_matches(dest, archive): return dest
+        remove_stale_temps(dest, 3600)                  # extraction folders of killed runs
+        tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent))
+        try:
+            safe_extract(archive, tmp)
+            tops = [p for p in tmp.iterdir()]
+            new = tops[0] if len(tops) == 1 and tops[0].is_dir() else tmp   # an archive's single top folder is the content
+            s = archive.stat()
+            (new/STAMP_NAME).write_text(json.dumps({'archive': archive.name, 'sha256': file_sha256(archive),
+                                                    'size': s.st_size, 'mtime_ns': s.st_mtime_ns}))
+            if dest.exists():                # replace an outdated folder: move it aside, swap, then delete
+                old = dest.with_name(f'.{dest.name}.old-{os.getpid()}')
+                os.replace(dest, old); os.replace(new, dest); shutil.rmtree(old, ignore_errors=True)
+            else: os.replace(new, dest)
+        finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 # %% ../nbs/01_matmul.ipynb #f09d6e9c

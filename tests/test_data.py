@@ -301,6 +301,25 @@ def test_untar_never_deletes_a_folder_it_did_not_make(tmp_path, monkeypatch):
     (tmp_path / 'empty').mkdir(); assert (untar_data(url, dest=tmp_path / 'empty') / 'a.txt').is_file()   # an empty folder is fine
 
 
+def test_two_extractions_at_once(tmp_path, monkeypatch):
+    "Two untar_data calls on one archive overlap: they take turns, and both get the same complete folder."
+    mirror = tmp_path / 'mirror'; mirror.mkdir()
+    make_tar(mirror / 'w.tgz', [(f'w/f{i}.bin', os.urandom(50_000)) for i in range(40)])
+    monkeypatch.setenv('EXP_DATA_MIRROR', str(mirror))
+    real = nb01.safe_extract
+    def slow(*a): time.sleep(0.3); return real(*a)
+    monkeypatch.setattr(nb01, 'safe_extract', slow)
+    res, errs = [], []
+    def job():
+        try: res.append(untar_data(f'http://127.0.0.1:{closed_port()}/w.tgz'))
+        except Exception as e: errs.append(e)
+    ts = [threading.Thread(target=job) for _ in range(2)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    assert errs == [] and res[0] == res[1] and len(list(res[0].glob('f*.bin'))) == 40
+    assert leftovers(tmp_path / 'data') == []
+
+
 def test_full_disk_while_extracting_blames_the_disk(tmp_path, monkeypatch):
     mirror = tmp_path / 'mirror'; mirror.mkdir()
     make_tar(mirror / 'v.tgz', [('v/a.txt', b'A')])
