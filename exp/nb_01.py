@@ -236,23 +236,22 @@ def check_member(m, root, archive='archive'):
 
 def check_link_chains(members, archive='archive'):
     "Raise `ArchiveError` if a member's path, or a link's target, passes through a link of the archive (chains can escape)."
-    links = {m.name.replace('\\', '/').strip('/') for m in members if m.issym() or m.islnk()}
+    norm = lambda n: [p for p in n.replace('\\', '/').split('/') if p not in ('', '.')]   # './d/x' and 'd/x' are one path
+    links = {'/'.join(norm(m.name)) for m in members if m.issym() or m.islnk()}
     def through_link(parts):
-        "True when a folder on the way along `parts` (not the last one) is one of the archive's links."
+        "True when a folder on the way along `parts` (before the last one) is one of the archive's links."
         cur = []
         for i, part in enumerate(parts):
-            if part == '..': cur = cur[:-1]
-            elif part not in ('', '.'): cur.append(part)
+            cur = cur[:-1] if part == '..' else cur + [part]
             if i < len(parts) - 1 and '/'.join(cur) in links: return True
         return False
     for m in members:
-        name = m.name.replace('\\', '/').strip('/')
+        parts = norm(m.name)
         bad = lambda why: ArchiveError(f"{archive}: refusing member {m.name!r}: {why}; nothing was extracted")
-        if through_link(name.split('/')): raise bad('its path goes through a link in the archive')
-        if m.issym() or m.islnk():
-            start = name.split('/')[:-1] if m.issym() else []
-            target = start + m.linkname.replace('\\', '/').split('/')
-            if through_link(target + ['']): raise bad(f'its target {m.linkname!r} goes through (or is) another link')
+        if through_link(parts): raise bad('its path goes through a link in the archive')
+        if m.issym() or m.islnk():   # a link may point at another link (lib.so -> lib.so.1), not through one
+            target = (parts[:-1] if m.issym() else []) + norm(m.linkname)
+            if through_link(target): raise bad(f'its target {m.linkname!r} goes through another link')
 
 WRITE_ERRNOS = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC), errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -269,8 +268,10 @@ def safe_extract(archive, dest):
     except OSError as e:
         if e.errno not in WRITE_ERRNOS: raise ArchiveError(f"{archive} is not a readable archive ({e}); it may be truncated "
                                                            f"or corrupt. Delete it (or pass force=True) to fetch it again") from e
-        raise OSError(e.errno, f"cannot extract {name} into {dest.parent}: {e.strerror}. The archive itself is fine: free "
-                               "some disk space, or set EXP_DATA to a folder on a disk with room, then try again") from e
+        fix = ("free some disk space, or set EXP_DATA to a folder on a disk with room" if e.errno in WRITE_ERRNOS[:3] else
+               "set EXP_DATA to a folder you can write to")
+        raise OSError(e.errno, f"cannot extract {name} into {dest.parent}: {e.strerror}. The archive itself is fine: "
+                               f"{fix}, then try again") from e
     except getattr(tarfile, 'FilterError', ()) as e:     # Python's own 'data' filter caught what our checks did not
         raise ArchiveError(f"{name}: refusing member: {e}; nothing usable was extracted") from e
     except (tarfile.TarError, EOFError, zlib.error) as e:
@@ -306,7 +307,8 @@ def untar_data(url, dest=None, sha256=None, force=False, progress=None):
         try:
             safe_extract(archive, tmp)
             tops = [p for p in tmp.iterdir()]
-            new = tops[0] if len(tops) == 1 and tops[0].is_dir() else tmp   # an archive's single top folder is the content
+            one = len(tops) == 1 and tops[0].is_dir() and not tops[0].is_symlink()
+            new = tops[0] if one else tmp                      # an archive's single top folder is the content
             s = archive.stat()
             (new/STAMP_NAME).write_text(json.dumps({'archive': archive.name, 'sha256': file_sha256(archive),
                                                     'size': s.st_size, 'mtime_ns': s.st_mtime_ns}))

@@ -17,9 +17,9 @@ __all__ = ['PIPELINES', 'IMAGENETTE_CLASSES', 'STATS', 'norm_types', 'ARCHS', 'O
            'set_loader_state', 'interrupted_path', 'model_info', 'describe_model', 'check_state_fits',
            'read_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'resume_config', 'cannot_create',
            'check_run_dir', 'prepare_run_dir', 'RunLogger', 'plot_run', 'check_train_args', 'resume_rows',
-           'run_dir_lock', 'settle_failed_run', 'train', 'resume_train', 'read_model_file', 'load_run', 'predict_tfms',
-           'predict', 'positive', 'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main', 'predict_main',
-           'train_cli', 'predict_cli', 'find_settings', 'nb_auto_export']
+           'run_dir_lock', 'saved_stats', 'settle_failed_run', 'train', 'resume_train', 'read_model_file', 'load_run',
+           'predict_tfms', 'predict', 'positive', 'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main',
+           'predict_main', 'train_cli', 'predict_cli', 'find_settings', 'nb_auto_export']
 
 # %% ../nbs/10_bag_of_tricks.ipynb #0f91ba1f
 from .nb_09 import *
@@ -1078,18 +1078,27 @@ def resume_rows(saved, history, done):
 
 @contextlib.contextmanager
 def run_dir_lock(out):
-    "Hold an exclusive lock on the run folder `out` (POSIX flock on the folder itself) for the `with` body; None: no lock."
+    "Hold an exclusive lock on the run folder `out` (flock on the folder itself; rank 0 under torchrun) for the `with` body; None: no lock."
     try: import fcntl
     except ImportError: fcntl = None
-    if out is None or fcntl is None: yield; return
-    fd = os.open(out, os.O_RDONLY)
-    try:
+    fd, msg = None, ''
+    if out is not None and fcntl is not None:
+        fd = os.open(out, os.O_RDONLY)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunSetupError(f"run folder {out} is in use by another exp-train process (the same run resumed twice?): "
-                                "wait for it to end, or stop it, then try again") from None
+        except BlockingIOError: msg = (f"run folder {out} is in use by another exp-train process (the same run resumed twice?): "
+                                       "wait for it to end, or stop it, then try again")
+        except OSError: pass                     # a file system without flock on folders (some NFS): no lock
+    msg = broadcast_object(msg)                  # under torchrun every rank learns rank 0's answer, none is left waiting
+    try:
+        if msg: raise RunSetupError(msg)
         yield
-    finally: os.close(fd)
+    finally:
+        if fd is not None: os.close(fd)
+
+def saved_stats(run_dir, default):
+    "The (mean, std) a run was normalised with, from its config.json; `default` for runs saved before they were recorded."
+    st = json.loads((Path(run_dir) / 'config.json').read_text()).get('stats')
+    return (st['mean'], st['std']) if isinstance(st, dict) and 'mean' in st and 'std' in st else default
 
 def settle_failed_run(out, exc=None, created=True):
     "After a failed `train`: keep a run folder whose checkpoint.pt holds finished epochs and say how to resume; else remove what the run wrote."
@@ -1128,10 +1137,11 @@ def train(data_path=None, size=128, epochs=5, bs=64, lr=None, arch='xresnet18', 
             if main_proc: check_run_dir(out)
         out = Path(broadcast_object(str(out)))       # every rank uses rank 0's folder name (the timestamps may differ)
         if data_path is None: data_path = main_process_first(datasets.untar_data, datasets.URLs.IMAGENETTE_160)
+        if resume is not None: stats = saved_stats(out, stats)   # a resumed run keeps the numbers it started with
         data = folder_databunch(data_path, size, bs, limit, workers, pipeline, dev, seed, cache_dir, crop, stats)   # before the folder exists
         created = resume is None and main_proc and not out.exists()
         if resume is None and main_proc: prepare_run_dir(out)
-        with run_dir_lock(out if main_proc else None):   # before anything that could write (or remove) the folder
+        with run_dir_lock(out if main_proc else None):   # before anything that could write (or remove) the folder (all ranks)
             try: return _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, workers, limit, pipeline,
                                 cache_dir, data_path, progress, resume, cbs, distributed, compile_model, crop, stats)
             except BaseException as e:
@@ -1209,7 +1219,7 @@ def read_model_file(p):
 
 def load_run(run_dir, device='cpu'):
     "Load a run folder's model.pt (weights_only; the file itself may be given) and rebuild its model in eval mode; returns (model, info dict)."
-    p = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / 'model.pt'
+    p = Path(run_dir) if Path(run_dir).is_file() or Path(run_dir).suffix == '.pt' else Path(run_dir) / 'model.pt'
     info = read_model_file(p)
     if info['arch'] not in ARCHS: raise ValueError(f"{p}: unknown arch {info['arch']!r} (choose one of {', '.join(ARCHS)}); it was not written by this exp")
     model = make_model(info['arch'], 3, len(info['vocab']), bcd=info.get('bcd', True), act=info.get('act', 'relu'))

@@ -635,6 +635,19 @@ def test_resume_when_data_folder_moved(tiny, tmp_path, capsys):
     assert (out / 'checkpoint.pt').is_file()                                  # the run is untouched, still resumable
 
 
+def test_resume_keeps_the_measured_stats(tiny, tmp_path):
+    "Statistics measured at the start are reused on --resume, even if the images changed since (the numbers are not re-measured)."
+    data = tmp_path / 'data'; shutil.copytree(tiny, data)
+    out = _stopped_after_epoch_1(data, tmp_path / 'run')
+    cfg = json.loads((out / 'config.json').read_text())
+    f = sorted((data / 'train').rglob('*.jpg'))[0]
+    PIL.Image.new('RGB', (32, 32), 'white').save(f)                           # the data changes under the stopped run
+    nb10.resume_train(out, device='cpu', workers=0, progress=False)
+    ck = torch.load(out / 'model.pt', weights_only=True)
+    assert [ck['mean'], ck['std']] == [cfg['stats']['mean'], cfg['stats']['std']]
+    assert nb10.image_stats(sorted((data / 'train').rglob('*.jpg')), 32)[0] != ck['mean']   # re-measuring would differ
+
+
 def test_resume_while_the_run_is_in_use(tiny, tmp_path, capsys):
     "A second exp-train on a run folder another one is using is refused, and the folder is left exactly as it was."
     out = _stopped_after_epoch_1(tiny, tmp_path / 'run')
