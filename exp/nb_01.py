@@ -302,7 +302,8 @@ def untar_data(url, dest=None, sha256=None, force=False, progress=None):
     dest.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(dest.with_name(f'.{dest.name}.lock')):   # one extraction at a time; a second one then finds it done
         if dest.is_dir() and not force and stamp_matches(dest, archive): return dest
-        remove_stale_temps(dest, 3600)                  # extraction folders of killed runs
+        remove_stale_temps(dest, 3600)                  # extraction folders of killed runs ...
+        for old in dest.parent.glob(f'.{glob.escape(dest.name)}.old-*'): shutil.rmtree(old, ignore_errors=True)   # ... and swaps
         tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent))
         try:
             safe_extract(archive, tmp)

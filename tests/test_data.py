@@ -364,6 +364,9 @@ def test_reextract_when_archive_changes(tmp_path, monkeypatch):
     d2 = untar_data(url)
     assert d2 == d and (d / 'a.txt').read_text() == 'version 2' and not (d / 'only_v1.txt').exists()
     assert nb01.read_stamp(d)['sha256'] != stamp['sha256'] and leftovers(tmp_path / 'data') == []
+    (tmp_path / 'data' / '.v.old-999').mkdir()                            # a swap killed half-way, long ago
+    make_tar(tmp_path / 'data' / 'v.tgz', [('v/a.txt', b'version 3')])
+    assert (untar_data(url) / 'a.txt').read_text() == 'version 3' and leftovers(tmp_path / 'data') == []
     (d / 'a.txt').write_text('edited by hand')                           # unchanged archive: folder is kept as is
     assert untar_data(url) == d and (d / 'a.txt').read_text() == 'edited by hand'
 

@@ -279,6 +279,7 @@ def main():
     if a.smoke: a.epochs = 1
     a.work = a.work or Path('/tmp/exp-gpu-work')
     for d in (a.out, a.work): d.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(a.work / '.exp-cache', ignore_errors=True)   # the first run of each geometry really builds its cache
     rep = Report(a.out, a.work, device=device, epochs=a.epochs, smoke=a.smoke, versions=versions())
     rep.res['notes'] = [
         "exp's times include what exp-train writes: a checkpoint (weights, optimizer state, RNG) at every epoch end, "
