@@ -1161,7 +1161,9 @@ def _fit_run(data, cfg, out, dev, size, epochs, bs, lr, arch, tricks, seed, work
                       limit=limit, pipeline=pipeline, cache_dir=None if cache_dir is None else str(cache_dir),
                       n_train=data.n_train, n_valid=data.n_valid, vocab=data.vocab, recipe=asdict(cfg), tricks=cfg.tricks,
                       hardware=hardware_info(), torch=torch.__version__, world_size=dist_env().world_size,
-                      compile=bool(compile_model), stats=dict(mean=data.stats[0], std=data.stats[1]), args=args)
+                      compile=bool(compile_model), stats=dict(mean=data.stats[0], std=data.stats[1]),
+                      autocast=str(amp_dtype(dev) if cfg.mixed_precision else None).replace('torch.', ''),   # 'None' on a CPU
+                      args=args)
         if main_proc: atomic_write(out / 'config.json', json.dumps(config, indent=1))
         rows = []
     else:

@@ -89,6 +89,7 @@ def test_stats_measured_on_own_data(run_dir, folder, tmp_path):
     files = sorted((folder / 'train').glob('*/*'))
     want = [list(v) for v in image_stats(files, 32)]
     assert cfg['args']['stats'] == 'auto' and [cfg['stats']['mean'], cfg['stats']['std']] == want == [ck['mean'], ck['std']]
+    assert 'mixed_precision' in cfg['tricks'] and cfg['autocast'] == 'None'    # asked for, but a no-op on the CPU: said so
     assert want[0] != list(imagenette_stats[0])
     out = tmp_path / 'fixed'
     p = _run('--data', folder, '--epochs', '1', '--size', '32', '--bs', '8', '--workers', '0', '--device', 'cpu', '--out', out,
