@@ -4,9 +4,9 @@
 __all__ = ['KNOWN_SHA256', 'FMNIST_CLASSES', 'TAR_SUFFIXES', 'STAMP_NAME', 'WRITE_ERRNOS', 'IDX_DTYPES', 'FMNIST_SYSTEM_PATH',
            'datasets', 'default_data_path', 'data_mirror', 'URLs', 'url_fname', 'url_relpath', 'file_sha256',
            'DownloadError', 'ChecksumError', 'ArchiveError', 'check_sha256', 'show_progress', 'http_fetch',
-           'offline_message', 'file_lock', 'remove_stale_temps', 'check_complete', 'download_data', 'archive_stem',
-           'check_member', 'check_link_chains', 'safe_extract', 'read_stamp', 'stamp_matches', 'untar_data', 'read_idx',
-           'find_fashion_mnist_file', 'load_fashion_mnist', 'matmul']
+           'offline_message', 'file_lock', 'remove_stale_temps', 'check_complete', 'is_verified', 'download_data',
+           'archive_stem', 'check_member', 'check_link_chains', 'safe_extract', 'read_stamp', 'stamp_matches',
+           'untar_data', 'read_idx', 'find_fashion_mnist_file', 'load_fashion_mnist', 'matmul']
 
 # %% ../nbs/01_matmul.ipynb #46536bb4
 from .nb_00 import *
@@ -168,6 +168,10 @@ def check_complete(part, name, source):
                                                         "truncated or corrupt; replace it with a good copy") from e
         raise DownloadError(f"{source} arrived incomplete or damaged ({e}); the bad copy was deleted, try again") from e
 
+def is_verified(dest, want):
+    "True when the file `dest` exists and has sha256 `want` (None: existing is enough)."
+    return dest.exists() and (want is None or file_sha256(dest) == want.lower())
+
 def download_data(url, dest=None, sha256=None, force=False, progress=None, timeout=30):
     "Fetch `url` to `dest` (default: the data folder) from the mirror or the web; verify; return the local path."
     relpath = url_relpath(url)
@@ -175,11 +179,11 @@ def download_data(url, dest=None, sha256=None, force=False, progress=None, timeo
     if dest.is_dir(): dest = dest/relpath.name
     want = sha256 if sha256 is not None else KNOWN_SHA256.get(relpath.name)
     if dest.exists() and not force:
-        if want is None or file_sha256(dest) == want.lower(): return dest
+        if is_verified(dest, want): return dest
         warnings.warn(f"{dest} does not match its known sha256; fetching it again")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(dest.with_name(f'.{dest.name}.lock')):     # a second process waits here, then finds the file done
-        if dest.exists() and not force and (want is None or file_sha256(dest) == want.lower()): return dest
+        if not force and is_verified(dest, want): return dest
         return _fetch(url, dest, relpath, want, force, progress, timeout)
 
 def _fetch(url, dest, relpath, want, force, progress, timeout):

@@ -15,7 +15,7 @@ __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'norm_im
 from .nb_07 import *
 reexport(globals(), 'exp.nb_07')   # pass on every name from notebooks 00 to 07
 import PIL, PIL.Image
-import glob, contextlib
+import contextlib
 _all_ = ['PIL']  # re-exported for later notebooks
 
 # %% ../nbs/08_data_block.ipynb #372e63e5

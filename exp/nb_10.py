@@ -18,8 +18,9 @@ __all__ = ['PIPELINES', 'IMAGENETTE_CLASSES', 'STATS', 'norm_types', 'ARCHS', 'O
            'read_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'resume_config', 'cannot_create',
            'check_run_dir', 'prepare_run_dir', 'RunLogger', 'plot_run', 'check_train_args', 'resume_rows',
            'run_dir_lock', 'saved_stats', 'settle_failed_run', 'train', 'resume_train', 'read_model_file', 'load_run',
-           'predict_tfms', 'predict', 'positive', 'train_parser', 'given_args', 'resume_conflicts', 'cli_call', 'main',
-           'predict_main', 'train_cli', 'predict_cli', 'find_settings', 'nb_auto_export']
+           'predict_tfms', 'predict', 'seed_arg', 'device_unavailable', 'positive', 'train_parser', 'given_args',
+           'resume_conflicts', 'cli_call', 'main', 'predict_main', 'train_cli', 'predict_cli', 'find_settings',
+           'nb_auto_export']
 
 # %% ../nbs/10_bag_of_tricks.ipynb #0f91ba1f
 from .nb_09 import *
@@ -359,13 +360,14 @@ class MixedPrecision(Callback):
     order = 5  # after the device callback has moved model and batch
     def __init__(self, dtype='auto', cpu=False, init_scale=2.**16):
         self.dtype_arg, self.cpu, self.init_scale, self.ctx = dtype, cpu, init_scale, None
+        self.fitting = self.unscaled = False   # inside a fit; GradScaler.unscale_ done this batch
     def begin_fit(self):
         dev = next(self.model.parameters()).device
         self.device_type, self.dtype = dev.type, amp_dtype(dev, self.dtype_arg, self.cpu)
         self.scaler = torch.amp.GradScaler(dev.type, init_scale=self.init_scale) if self.dtype == torch.float16 else None
         self.fitting = True
     def begin_batch(self):   # nothing outside a fit (get_batch fires begin_batch alone: no after_batch would leave autocast)
-        if not getattr(self, 'fitting', False) or self.dtype is None: return
+        if not self.fitting or self.dtype is None: return
         self.ctx = torch.autocast(self.device_type, dtype=self.dtype)
         self.ctx.__enter__()
     def _leave(self):
@@ -382,7 +384,7 @@ class MixedPrecision(Callback):
             raise CancelBatchException()                                 # in after_batch; batch_steps drops the gradients)
     def after_batch(self):
         self._leave()                    # also when a callback cancelled the batch mid-forward
-        if getattr(self, 'unscaled', False): self.scaler.update(); self.unscaled = False   # after every unscale_, cancelled or not
+        if self.unscaled: self.scaler.update(); self.unscaled = False   # after every unscale_, cancelled or not
     def after_fit(self): self._leave(); self.fitting = False
 
 class ChannelsLast(Callback):
@@ -1258,6 +1260,19 @@ def predict(paths, run_dir, device='cpu', bs=64):
     return res
 
 # %% ../nbs/10_bag_of_tricks.ipynb #33100c3d
+def seed_arg(s):
+    "An argparse type: a seed, an int in [0, 2**32) (numpy's range)."
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a valid int")
+    if not 0 <= v < 2**32: raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {s}")
+    return v
+
+def device_unavailable(device):
+    "Why the device named by a --device choice cannot be used here, or None (auto and cpu always can)."
+    if device == 'cuda' and not torch.cuda.is_available(): return "cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu"
+    if device == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
+        return "mps was asked for but is not available; use --device auto or cpu"
+
 def positive(kind):
     "An argparse type: a number of type `kind` that must be > 0."
     def _check(s):
@@ -1286,7 +1301,7 @@ def train_parser():
                    help="lr schedule: auto = warm-up then cosine with the warmup_cosine trick (one-cycle without it), flat-cos = fastai's fit_flat_cos")
     p.add_argument('--tricks', default='all', help=f"comma list of {', '.join(TRICKS)}; or 'all' / 'none'")
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda', 'mps'), default='auto')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=seed_arg, default=0)
     p.add_argument('--workers', type=int, default=None, help='DataLoader worker processes (default: the library\'s)')
     p.add_argument('--out', type=Path, default=None, help='run folder (default runs/<timestamp>-<arch>); must not exist or be empty')
     p.add_argument('--limit', type=positive(int), default=None, help='use at most N images per class (quick runs)')
@@ -1349,10 +1364,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(o) for o in argv]
     a = p.parse_args(argv)
     if a.workers is not None and a.workers < 0: p.error(f"argument --workers: must be >= 0, got {a.workers}")
-    if not 0 <= a.seed < 2**32: p.error(f"argument --seed: must be in [0, 2**32), got {a.seed}")
-    if a.device == 'cuda' and not torch.cuda.is_available(): p.error("argument --device: cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
-    if a.device == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
-        p.error("argument --device: mps was asked for but is not available; use --device auto or cpu")
+    if device_unavailable(a.device): p.error(f"argument --device: {device_unavailable(a.device)}")
     if a.resume is not None:
         if a.out is not None: p.error("argument --out: not allowed with --resume: a resumed run continues in its own folder, RUN_DIR")
         try: config, _ = resume_config(a.resume)
@@ -1396,9 +1408,7 @@ def predict_main(argv=None):
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda', 'mps'), default='cpu',
                    help="where to run the model: cpu (default), or auto = cuda -> mps -> cpu")
     a = p.parse_args(argv)
-    if a.device == 'cuda' and not torch.cuda.is_available(): p.error("argument --device: torch sees no CUDA GPU; use auto or cpu")
-    if a.device == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
-        p.error("argument --device: mps is not available; use auto or cpu")
+    if device_unavailable(a.device): p.error(f"argument --device: {device_unavailable(a.device)}")
     device = default_device() if a.device == 'auto' else torch.device(a.device)
     try: res = predict(a.images, a.run_dir, device=device)
     except (FileNotFoundError, ValueError) as e: p.error(str(e))
