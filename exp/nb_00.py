@@ -2,9 +2,9 @@
 
 # %% auto #0
 __all__ = ['TEST', 'test_fail', 'test', 'equals', 'test_eq', 'test_ne', 'to_float64', 'near', 'test_near', 'test_close',
-           'reexport', 'cpu_model', 'n_cores', 'hardware_info', 'os', 'sys', 're', 'math', 'time', 'json', 'operator',
-           'gzip', 'pickle', 'shutil', 'tempfile', 'hashlib', 'warnings', 'platform', 'importlib', 'Path', 'partial',
-           'np', 'mpl', 'plt', 'torch', 'tensor']
+           'reexport', 'cpu_model', 'n_cores', 'hardware_info', 'find_settings', 'nb_auto_export', 'os', 'sys', 're',
+           'math', 'time', 'json', 'operator', 'gzip', 'pickle', 'shutil', 'tempfile', 'hashlib', 'warnings',
+           'platform', 'importlib', 'Path', 'partial', 'np', 'mpl', 'plt', 'torch', 'tensor']
 
 # %% ../nbs/00_exports.ipynb #6b636384
 import os, sys, re, math, time, json, operator, gzip, pickle, shutil, tempfile, hashlib, warnings, platform, importlib
@@ -110,3 +110,29 @@ def hardware_info():
 
 # %% ../nbs/00_exports.ipynb #d793408d
 TEST = 'test'
+
+# %% ../nbs/00_exports.ipynb #940c04a4
+def find_settings(start='.'):
+    "The settings.ini of the nbdev project that holds `start` (searching parent folders), or None."
+    for d in [Path(start).resolve(), *Path(start).resolve().parents]:
+        if (d / 'settings.ini').is_file(): return d / 'settings.ini'
+    return None
+
+def nb_auto_export(fname=None, dry_run=False):
+    "Save the open notebook (classic Jupyter only) and export the project's notebooks (or just `fname`) with nbdev; prints what it did."
+    cfg_path = find_settings()
+    if cfg_path is None: raise FileNotFoundError("no settings.ini in this folder or above: run nb_auto_export from inside the nbdev project")
+    import configparser
+    cp = configparser.ConfigParser(); cp.read(cfg_path)
+    nbs = cfg_path.parent / cp['DEFAULT'].get('nbs_path', 'nbs')
+    targets = [nbs / fname] if fname else sorted(nbs.glob('[0-9]*.ipynb'))
+    if dry_run: return targets
+    try:
+        from IPython.display import display, Javascript
+        display(Javascript('if (window.IPython && IPython.notebook) IPython.notebook.save_checkpoint();'))
+        print("asked the notebook front end to save (works in classic Jupyter; in JupyterLab save first with Ctrl-S)")
+    except ImportError: pass
+    from nbdev.doclinks import nbdev_export as export
+    export(path=str(nbs / fname) if fname else str(nbs))
+    print(f"exported {len(targets)} notebook(s) from {nbs} to {cfg_path.parent / cp['DEFAULT'].get('lib_path', 'exp')}")
+    return targets

@@ -6,8 +6,8 @@ __all__ = ['mnist_view', 'CudaCallback', 'normalize_to', 'Lambda', 'flatten', 'v
            'get_cnn_model', 'children', 'Hook', 'ListContainer', 'Hooks', 'append_stats', 'init_cnn', 'get_learn_run']
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #8c0f6681
-from .nb_05 import *
-reexport(globals(), 'exp.nb_05')   # pass on every name from notebooks 00 to 05
+from .nb_05a import *
+reexport(globals(), 'exp.nb_05a')   # pass on every name from notebooks 00 to 05
 import numbers
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #30e8eaeb

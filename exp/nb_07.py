@@ -6,8 +6,8 @@ __all__ = ['find_mods', 'check_4d', 'BatchNorm', 'LayerNorm', 'InstanceNorm', 'c
            'lsuv_shift', 'lsuv_module']
 
 # %% ../nbs/07_batchnorm.ipynb #30d24bff
-from .nb_06 import *
-reexport(globals(), 'exp.nb_06')   # pass on every name from notebooks 00 to 06
+from .nb_06a import *
+reexport(globals(), 'exp.nb_06a')   # pass on every name from notebooks 00 to 06
 import numbers
 
 # %% ../nbs/07_batchnorm.ipynb #9fcc87d7
