@@ -2,7 +2,8 @@
 
 # %% auto #0
 __all__ = ['EVENTS', 'DataBunch', 'get_model', 'Learner', 'camel2snake', 'listify', 'Callback', 'check_callback',
-           'TrainEvalCallback', 'Runner', 'metric_name', 'AvgStats', 'AvgStatsCallback']
+           'TrainEvalCallback', 'CallbackHost', 'check_fit_args', 'Runner', 'metric_name', 'AvgStats',
+           'AvgStatsCallback']
 
 # %% ../nbs/04_callbacks.ipynb #17aa795d
 from .nb_03 import *
@@ -113,16 +114,12 @@ class TrainEvalCallback(Callback):
         run.n_iter += 1
     def begin_validate(self): self.run.model.eval(); self.run.in_train = False
 
-# %% ../nbs/04_callbacks.ipynb #5c8dbd69
-class Runner:
-    "The training loop: fires the `EVENTS` on its callbacks (sorted by `order`) around every step of `fit`."
-    def __init__(self, cbs=None, cb_funcs=None):
-        self.in_train, self.logger, self.learn = False, print, None
-        self.epoch = self.epochs = self.iter = self.iters = self.n_iter = 0
-        self.n_epochs = 0.
-        self.xb = self.yb = self.pred = self.loss = self.dl = None
+# %% ../nbs/04_callbacks.ipynb #c975f70d
+class CallbackHost:
+    "Holds checked callbacks, each also stored as `self.<cb.name>`, and fires events on them in `order`."
+    def __init__(self, cbs=None):
         self.cbs, self._key, self._table = [], None, {}
-        self.add_cbs([TrainEvalCallback()] + listify(cbs) + [f() for f in listify(cb_funcs)])
+        self.add_cbs(cbs)
 
     def add_cbs(self, cbs):
         "Attach callbacks: check them, store each as `run.<cb.name>` and give it this runner."
@@ -133,21 +130,6 @@ class Runner:
                 raise ValueError(f"callback {type(cb).__name__} has the name {cb.name!r}, which is a Runner attribute; "
                                  "rename the class or override its `name` property")
             setattr(self, cb.name, cb); cb.set_runner(self); self.cbs.append(cb)
-
-    @property
-    def learner(self):
-        "The attached Learner; a clear error when there is none."
-        if self.learn is None:
-            raise AttributeError("this Runner has no Learner attached: call run.fit(epochs, learn) (or set run.learn) first")
-        return self.learn
-    @property
-    def model(self): return self.learner.model
-    @property
-    def opt(self): return self.learner.opt
-    @property
-    def loss_func(self): return self.learner.loss_func
-    @property
-    def data(self): return self.learner.data
 
     def handlers(self, event_name):
         "The bound methods fired by `event_name`, in callback order (cached until `run.cbs` changes)."
@@ -165,10 +147,48 @@ class Runner:
         "Fire `event_name`: call that method of every callback that has one, in `order`. Return values are ignored."
         for f in self.handlers(event_name): f()
 
+# %% ../nbs/04_callbacks.ipynb #65ec8ec3
+def check_fit_args(epochs, learn):
+    "Validate the arguments of `Runner.fit` with errors that name the bad argument; return `epochs` as an int."
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    for a in ('model', 'opt', 'loss_func', 'data'):
+        if not hasattr(learn, a):
+            raise TypeError(f"fit: learn must be a Learner(model, opt, loss_func, data); {type(learn).__name__} has no {a!r}")
+    if not all(hasattr(learn.opt, a) for a in ('step', 'zero_grad', 'param_groups')):
+        raise TypeError(f"fit: learn.opt must be an optimizer (step, zero_grad, param_groups), got {type(learn.opt).__name__}: "
+                        "was an opt_func or a factory of one (such as adam_opt()) passed where the optimizer itself belongs?")
+    for i, pg in enumerate(getattr(learn.opt, 'param_groups', [])):
+        lr = pg.get('lr')
+        if isinstance(lr, numbers.Real) and not lr >= 0:
+            raise ValueError(f"fit: the learning rate must be >= 0, got lr={lr} in param group {i}")
+    if hasattr(learn.data.train_dl, '__len__') and len(learn.data.train_dl) == 0:
+        raise ValueError("fit: data.train_dl yields no batches (empty training set, or drop_last with bs > its size)")
+    return int(epochs)
+
+# %% ../nbs/04_callbacks.ipynb #4a8e52e0
+class Runner(CallbackHost):
+    "The training loop: fires the `EVENTS` on its callbacks (sorted by `order`) around every step of `fit`."
+    def __init__(self, cbs=None, cb_funcs=None):
+        self.in_train, self.logger, self.learn = False, print, None
+        self.epoch = self.epochs = self.iter = self.iters = self.n_iter = 0; self.n_epochs = 0.
+        self.xb = self.yb = self.pred = self.loss = self.dl = None
+        super().__init__([TrainEvalCallback()] + listify(cbs) + [f() for f in listify(cb_funcs)])
+
+    @property
+    def learner(self):
+        "The attached Learner; a clear error when there is none."
+        if self.learn is None:
+            raise AttributeError("this Runner has no Learner attached: call run.fit(epochs, learn) (or set run.learn) first")
+        return self.learn
+    model     = property(lambda self: self.learner.model)
+    opt       = property(lambda self: self.learner.opt)
+    loss_func = property(lambda self: self.learner.loss_func)
+    data      = property(lambda self: self.learner.data)
+
     def batch_steps(self, xb, yb):
         "One batch: forward and loss, then (training) backward, step and zero_grad; an event follows each step but the last."
-        self.xb, self.yb, self.pred, self.loss = xb, yb, None, None
-        self('begin_batch')
+        self.xb, self.yb, self.pred, self.loss = xb, yb, None, None; self('begin_batch')
         self.pred = self.model(self.xb);                self('after_pred')
         self.loss = self.loss_func(self.pred, self.yb); self('after_loss')
         if not self.in_train: return
@@ -193,24 +213,7 @@ class Runner:
         self(event_name)
         self.all_batches(dl)
 
-    def check_fit_args(self, epochs, learn):
-        "Validate the arguments of `fit` with errors that name the bad argument."
-        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-            raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
-        for a in ('model', 'opt', 'loss_func', 'data'):
-            if not hasattr(learn, a):
-                raise TypeError(f"fit: learn must be a Learner(model, opt, loss_func, data); {type(learn).__name__} has no {a!r}")
-        if not all(hasattr(learn.opt, a) for a in ('step', 'zero_grad', 'param_groups')):
-            raise TypeError(f"fit: learn.opt must be an optimizer (step, zero_grad, param_groups), got {type(learn.opt).__name__}: "
-                            "was an opt_func or a factory of one (such as adam_opt()) passed where the optimizer itself belongs?")
-        for i, pg in enumerate(getattr(learn.opt, 'param_groups', [])):
-            lr = pg.get('lr')
-            if isinstance(lr, numbers.Real) and not lr >= 0:
-                raise ValueError(f"fit: the learning rate must be >= 0, got lr={lr} in param group {i}")
-        if hasattr(learn.data.train_dl, '__len__') and len(learn.data.train_dl) == 0:
-            raise ValueError("fit: data.train_dl yields no batches (empty training set, or drop_last with bs > its size)")
-        return int(epochs)
-
+    check_fit_args = staticmethod(check_fit_args)       # the function above, also reachable as run.check_fit_args
     def fit(self, epochs, learn):
         "Train `learn` for `epochs` epochs, running the validation set after each one."
         self.epochs, self.learn = self.check_fit_args(epochs, learn), learn
