@@ -2,10 +2,10 @@
 
 # %% auto #0
 __all__ = ['hyper_rules', 'torch_names', 'sgd_step', 'weight_decay', 'l2_reg', 'get_defaults', 'maybe_update', 'check_hyper',
-           'check_hyper_names', 'check_hypers', 'HyperView', 'as_param_groups', 'Optimizer', 'sgd_opt', 'Stat',
-           'StatefulOptimizer', 'AverageGrad', 'momentum_step', 'sgd_mom_opt', 'lin_comb', 'debias', 'AverageSqrGrad',
-           'StepCount', 'adam_step', 'adam_opt', 'lamb_step', 'lamb', 'radam_step', 'SlowWeights', 'lookahead_step',
-           'ranger', 'Lookahead']
+           'check_hyper_names', 'check_hypers', 'HyperView', 'as_param_groups', 'groups_to_state', 'load_group_hypers',
+           'Optimizer', 'sgd_opt', 'Stat', 'StatefulOptimizer', 'AverageGrad', 'momentum_step', 'sgd_mom_opt',
+           'lin_comb', 'debias', 'AverageSqrGrad', 'StepCount', 'adam_stats', 'adam_step', 'adam_opt', 'lamb_step',
+           'lamb', 'radam_step', 'SlowWeights', 'lookahead_step', 'ranger', 'Lookahead']
 
 # %% ../nbs/09_optimizers.ipynb #d1705b40
 from .nb_08a import *
@@ -80,15 +80,12 @@ def check_hypers(hypers, parts):
 class HyperView(MutableMapping):
     "Live dict view of one torch-style param group without its 'params' entry."
     def __init__(self, pg): self.pg = pg
-    def __getitem__(self, k):
-        if k == 'params': raise KeyError(k)
-        return self.pg[k]
-    def __setitem__(self, k, v):
+    def _key(self, k):
         if k == 'params': raise KeyError("'params' is not a hyper-parameter")
-        self.pg[k] = v
-    def __delitem__(self, k):
-        if k == 'params': raise KeyError(k)
-        del self.pg[k]
+        return k
+    def __getitem__(self, k): return self.pg[self._key(k)]
+    def __setitem__(self, k, v): self.pg[self._key(k)] = v
+    def __delitem__(self, k): del self.pg[self._key(k)]
     def __iter__(self): return (k for k in self.pg if k != 'params')
     def __len__(self): return len(self.pg) - ('params' in self.pg)
     def __repr__(self): return repr(dict(self))
@@ -96,29 +93,43 @@ class HyperView(MutableMapping):
 # %% ../nbs/09_optimizers.ipynb #19f8b3e7
 def as_param_groups(params):
     "Normalise tensors / list of lists / list of dicts into a list of {'params': [...], **hypers} dicts."
-    if isinstance(params, torch.Tensor): params = [params]
-    elif isinstance(params, dict): params = [params]
-    params = list(params)
+    params = [params] if isinstance(params, (torch.Tensor, dict)) else list(params)
     if not params: raise ValueError("params is empty: the optimizer got no parameters to optimise")
     if all(isinstance(o, torch.Tensor) for o in params): params = [params]
-    groups = []
+    groups, seen = [], set()
     for i, g in enumerate(params):
         if isinstance(g, dict):
             if 'params' not in g: raise ValueError(f"param group {i} is a dict without a 'params' key")
             g = dict(g)
         elif isinstance(g, (list, tuple)) or hasattr(g, '__next__'): g = {'params': g}
         else: raise TypeError(f"params[{i}] is a {type(g).__name__}: pass tensors, lists of tensors or dicts with 'params'")
-        ps = g['params']
-        g['params'] = [ps] if isinstance(ps, torch.Tensor) else list(ps)
-        bad = [type(p).__name__ for p in g['params'] if not isinstance(p, torch.Tensor)]
-        if bad: raise TypeError(f"param group {i} holds a {bad[0]}, not a tensor")
-        groups.append(g)
-    seen = set()
-    for i, g in enumerate(groups):
+        g['params'] = [g['params']] if isinstance(g['params'], torch.Tensor) else list(g['params'])
         for p in g['params']:
+            if not isinstance(p, torch.Tensor): raise TypeError(f"param group {i} holds a {type(p).__name__}, not a tensor")
             if id(p) in seen: raise ValueError(f"a parameter appears twice (again in param group {i})")
             seen.add(id(p))
+        groups.append(g)
     return groups
+
+# %% ../nbs/09_optimizers.ipynb #c9650e44
+def groups_to_state(param_groups):
+    "torch.optim's checkpoint layout of `param_groups`: each group's hypers, its parameters replaced by their index."
+    res, i = [], 0
+    for pg in param_groups:
+        n = len(pg['params'])
+        res.append({**HyperView(pg), 'params': list(range(i, i + n))}); i += n
+    return res
+
+def load_group_hypers(param_groups, sd):
+    "Write the hypers saved in optimizer state_dict `sd` into `param_groups`, checking that groups and values fit."
+    if not isinstance(sd, dict) or 'param_groups' not in sd:
+        raise ValueError("load_state_dict expects a dict from Optimizer.state_dict() with a 'param_groups' key")
+    have, want = [len(g['params']) for g in sd['param_groups']], [len(pg['params']) for pg in param_groups]
+    if have != want:
+        raise ValueError(f"state_dict has {len(have)} param groups of {have} params, this optimizer {len(want)} of {want}")
+    for g, pg in zip(sd['param_groups'], param_groups):
+        for k, v in g.items():
+            if k != 'params': check_hyper(k, v); pg[k] = v
 
 # %% ../nbs/09_optimizers.ipynb #530d4dea
 class Optimizer:
@@ -127,49 +138,40 @@ class Optimizer:
     def __init__(self, params, steppers, **defaults):
         self.steppers = listify(steppers)
         maybe_update(self.steppers, defaults, get_defaults)
-        self.defaults = defaults
-        self.param_groups = as_param_groups(params)
+        self.defaults, self.param_groups = defaults, as_param_groups(params)
         for pg in self.param_groups:
             for k, v in defaults.items(): pg.setdefault(k, v)
             if 'lr' not in pg: raise ValueError("lr is required: pass lr=... (or give each param group an 'lr')")
-            check_hypers(self.hypers_of(pg), self.steppers + list(self.stats))
-
-    @staticmethod
-    def hypers_of(pg):
-        "A copy of param group `pg` without its 'params' entry."
-        return {k: v for k, v in pg.items() if k != 'params'}
+            check_hypers(HyperView(pg), self.steppers + list(self.stats))
 
     @property
     def hypers(self):
         "One live dict view per param group of its hyper-parameters (writes go to `param_groups`)."
         return [HyperView(pg) for pg in self.param_groups]
 
-    def grad_params(self):
-        "(param, hypers) pairs for every parameter that has a gradient."
-        res = []
-        for pg in self.param_groups:
-            hyper = self.hypers_of(pg)
-            res += [(p, hyper) for p in pg['params'] if p.grad is not None]
-        return res
+    def params(self):
+        "Every parameter, group after group (a parameter's position is its index in `state_dict`)."
+        return [p for pg in self.param_groups for p in pg['params']]
 
     def zero_grad(self, set_to_none=True):
         "Forget the gradients: set them to None (default, like torch) or to zero."
-        for pg in self.param_groups:
-            for p in pg['params']:
-                if p.grad is None: continue
-                if set_to_none: p.grad = None
-                else: p.grad.detach_(); p.grad.zero_()
+        for p in self.params():
+            if p.grad is None: continue
+            if set_to_none: p.grad = None
+            else: p.grad.detach_(); p.grad.zero_()
 
     @torch.no_grad()
     def step(self, closure=None):
-        "Update every parameter that has a gradient with the steppers, in order."
+        "Re-check the hyper values, then update every parameter that has a gradient with the steppers, in order."
         loss = None
         if closure is not None:
             with torch.enable_grad(): loss = closure()
-        for pg in self.param_groups:
-            for k, v in pg.items():
-                if k != 'params': check_hyper(k, v)   # a scheduler may have written a bad value
-        for p, hyper in self.grad_params(): self.step_param(p, hyper)
+        hypers = [dict(h) for h in self.hypers]
+        for h in hypers:
+            for k, v in h.items(): check_hyper(k, v)          # a scheduler may have written a bad value
+        for pg, hyper in zip(self.param_groups, hypers):
+            for p in pg['params']:
+                if p.grad is not None: self.step_param(p, hyper)
         return loss
 
     def step_param(self, p, hyper):
@@ -178,29 +180,16 @@ class Optimizer:
 
     def state_dict(self):
         "Hyper-parameters of each group, with parameters replaced by their index (torch.optim's layout)."
-        groups, i = [], 0
-        for pg in self.param_groups:
-            n = len(pg['params'])
-            groups.append({**self.hypers_of(pg), 'params': list(range(i, i+n))}); i += n
-        return {'state': {}, 'param_groups': groups}
+        return {'state': {}, 'param_groups': groups_to_state(self.param_groups)}
 
     def load_state_dict(self, sd):
-        "Restore hyper-parameters (and per-parameter state) saved by `state_dict`."
-        if not isinstance(sd, dict) or 'param_groups' not in sd:
-            raise ValueError("load_state_dict expects a dict from Optimizer.state_dict() with a 'param_groups' key")
-        gs = sd['param_groups']
-        if len(gs) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(gs)} param groups but this optimizer has {len(self.param_groups)}")
-        for i, (g, pg) in enumerate(zip(gs, self.param_groups)):
-            if len(g['params']) != len(pg['params']):
-                raise ValueError(f"param group {i}: state_dict has {len(g['params'])} params, optimizer has {len(pg['params'])}")
-        for g, pg in zip(gs, self.param_groups):
-            for k, v in g.items():
-                if k != 'params': check_hyper(k, v); pg[k] = v
+        "Restore hyper-parameters (and per-parameter state) saved by `state_dict`, after checking that they fit."
+        load_group_hypers(self.param_groups, sd)
         return self
 
     def __repr__(self):
-        return f"{type(self).__name__}({len(self.param_groups)} groups, steppers={[getattr(f, '__name__', f) for f in self.steppers]}, hypers={self.hypers})"
+        names = [getattr(f, '__name__', f) for f in self.steppers]
+        return f"{type(self).__name__}({len(self.param_groups)} groups, steppers={names}, hypers={self.hypers})"
 
 # %% ../nbs/09_optimizers.ipynb #f29de3ad
 def sgd_opt(params, **hypers):
@@ -227,10 +216,8 @@ class StatefulOptimizer(Optimizer):
     def step_param(self, p, hyper):
         "Run grad-changing steppers, update the stats, then run the other steppers with state and hypers."
         for f in self.pre_steppers: f(p, **hyper)
-        if p not in self.state:
-            self.state[p] = {}
-            maybe_update(self.stats, self.state[p], lambda o: o.init_state(p))
-        state = self.state[p]
+        state = self.state.setdefault(p, {})
+        if not state: maybe_update(self.stats, state, lambda o: o.init_state(p))     # p's first step
         for stat in self.stats: state = stat.update(p, state, **hyper)
         self.state[p] = state
         for f in self.post_steppers: f(p, **{**hyper, **state})
@@ -238,24 +225,20 @@ class StatefulOptimizer(Optimizer):
     def state_dict(self):
         "Like `Optimizer.state_dict`, plus the per-parameter state keyed by parameter index."
         sd = super().state_dict()
-        ps = [p for pg in self.param_groups for p in pg['params']]
-        sd['state'] = {i: dict(self.state[p]) for i, p in enumerate(ps) if p in self.state}
+        sd['state'] = {i: dict(self.state[p]) for i, p in enumerate(self.params()) if p in self.state}
         return sd
 
     def load_state_dict(self, sd):
         "Restore hypers and per-parameter state (copied to each parameter's device and dtype)."
         super().load_state_dict(sd)
-        ps = [p for pg in self.param_groups for p in pg['params']]
-        def cast(v, p):
-            if not isinstance(v, torch.Tensor): return v
-            return v.to(device=p.device, dtype=p.dtype if v.is_floating_point() else v.dtype, copy=True)
-        self.state = {}
-        for i, st in sd.get('state', {}).items():
+        ps, self.state = self.params(), {}
+        def cast(k, v, i):
             p = ps[int(i)]
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape != p.shape and v.dim() > 0:
-                    raise ValueError(f"state {k!r} of param {i} has shape {tuple(v.shape)}, the param has {tuple(p.shape)}")
-            self.state[p] = {k: cast(v, p) for k, v in st.items()}
+            if not isinstance(v, torch.Tensor): return v
+            if v.is_floating_point() and v.dim() > 0 and v.shape != p.shape:
+                raise ValueError(f"state {k!r} of param {i} has shape {tuple(v.shape)}, the param has {tuple(p.shape)}")
+            return v.to(device=p.device, dtype=p.dtype if v.is_floating_point() else v.dtype, copy=True)
+        for i, st in sd.get('state', {}).items(): self.state[ps[int(i)]] = {k: cast(k, v, i) for k, v in st.items()}
         return self
 
 # %% ../nbs/09_optimizers.ipynb #8cb15b2a
@@ -306,26 +289,27 @@ class StepCount(Stat):
         return state
 
 # %% ../nbs/09_optimizers.ipynb #ebc287c4
+def adam_stats():
+    "Fresh statistics for Adam-style steps: EMAs of the gradients and of their squares, and the step count."
+    return [AverageGrad(dampening=True), AverageSqrGrad(), StepCount()]
+
 def adam_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg, eps, **kwargs):
     "Adam update with both averages debiased: p <- p - lr * m_hat / (sqrt(v_hat) + eps)."
-    debias1 = debias(mom, mom_damp, step)
-    debias2 = debias(sqr_mom, sqr_damp, step)
+    debias1, debias2 = debias(mom, mom_damp, step), debias(sqr_mom, sqr_damp, step)
     p.addcdiv_(grad_avg, (sqr_avg/debias2).sqrt() + eps, value=-lr/debias1)
     return p
 adam_step._defaults = dict(eps=1e-5)
 
 def adam_opt(xtra_step=None, **defaults):
     "An opt_func for Adam with decoupled weight decay (AdamW); `xtra_step` adds steppers after the Adam step."
-    steppers = [weight_decay, adam_step] + listify(xtra_step)
-    stats = [AverageGrad(dampening=True), AverageSqrGrad(), StepCount()]
+    steppers, stats = [weight_decay, adam_step] + listify(xtra_step), adam_stats()
     check_hypers(defaults, steppers + stats)
     return partial(StatefulOptimizer, steppers=steppers, stats=stats, **defaults)
 
 # %% ../nbs/09_optimizers.ipynb #c328e5c9
 def lamb_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg, eps, wd, **kwargs):
     "LAMB: the Adam direction plus wd*p, rescaled per layer by the trust ratio ||p|| / ||update|| (clipped at 10)."
-    debias1 = debias(mom, mom_damp, step)
-    debias2 = debias(sqr_mom, sqr_damp, step)
+    debias1, debias2 = debias(mom, mom_damp, step), debias(sqr_mom, sqr_damp, step)
     upd = (grad_avg/debias1) / ((sqr_avg/debias2).sqrt() + eps) + wd*p
     r1, r2 = p.pow(2).mean().sqrt(), upd.pow(2).mean().sqrt()   # RMS: the ratio is the same as for norms
     trust = torch.where((r1 > 0) & (r2 > 0), r1/r2, torch.ones_like(r1)).clamp(max=10.)
@@ -335,12 +319,9 @@ lamb_step._defaults = dict(eps=1e-6, wd=0.)
 
 def lamb(params, **hypers):
     "LAMB optimizer (You et al. 2019): a StatefulOptimizer with lamb_step and Adam's statistics."
-    return StatefulOptimizer(params, lamb_step, stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount()], **hypers)
+    return StatefulOptimizer(params, lamb_step, stats=adam_stats(), **hypers)
 
-# %% ../nbs/09_optimizers.ipynb #b94c9364
-hyper_rules.update(k=(lambda v: v >= 1 and v == int(v), 'must be a whole number >= 1'),
-                   alpha=(lambda v: 0 < v <= 1, 'must be in (0, 1]'))
-
+# %% ../nbs/09_optimizers.ipynb #11dc7e51
 def radam_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg, eps, **kwargs):
     "RAdam: Adam's step times the rectification r_t once rho_t > 5; before that a step along the debiased gradient average."
     debias1, debias2 = debias(mom, mom_damp, step), debias(sqr_mom, sqr_damp, step)
@@ -352,6 +333,10 @@ def radam_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg,
     else: p.add_(grad_avg, alpha=-lr / debias1)
     return p
 radam_step._defaults = dict(eps=1e-6)
+
+# %% ../nbs/09_optimizers.ipynb #c3326996
+hyper_rules.update(k=(lambda v: v >= 1 and v == int(v), 'must be a whole number >= 1'),
+                   alpha=(lambda v: 0 < v <= 1, 'must be in (0, 1]'))
 
 class SlowWeights(Stat):
     "Lookahead's slow copy of each parameter, in state['slow'], taken before its first step."
@@ -368,20 +353,17 @@ lookahead_step._defaults = dict(k=6, alpha=0.5)
 
 def ranger(params, **hypers):
     "Ranger: RAdam with decoupled weight decay inside Lookahead, as one StatefulOptimizer (defaults k=6, alpha=0.5)."
-    return StatefulOptimizer(params, [weight_decay, radam_step, lookahead_step],
-                             stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount(), SlowWeights()], **hypers)
+    return StatefulOptimizer(params, [weight_decay, radam_step, lookahead_step], stats=adam_stats() + [SlowWeights()], **hypers)
 
+# %% ../nbs/09_optimizers.ipynb #dd198fb5
 class Lookahead:
     "Lookahead around any torch-style optimizer `opt`: every `k` steps slow += alpha * (fast - slow), then fast = slow."
     def __init__(self, opt, k=6, alpha=0.5):
         check_hyper('k', k); check_hyper('alpha', alpha)
         self.opt, self.k, self.alpha, self.count, self.slow = opt, int(k), alpha, 0, None
-    @property
-    def param_groups(self): return self.opt.param_groups
-    @property
-    def state(self): return self.opt.state
-    @property
-    def defaults(self): return self.opt.defaults
+    param_groups = property(lambda self: self.opt.param_groups)
+    state = property(lambda self: self.opt.state)
+    defaults = property(lambda self: self.opt.defaults)
     def params(self): return [p for pg in self.param_groups for p in pg['params']]
     def zero_grad(self, set_to_none=True): self.opt.zero_grad(set_to_none=set_to_none)
 

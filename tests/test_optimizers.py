@@ -43,7 +43,7 @@ def decay(lr, wd):
 def two_groups(ps):
     ps = list(ps); return [{'params': ps[:2], 'lr': 0.3}, {'params': ps[2:]}]
 
-adam_stats = lambda: [E.AverageGrad(dampening=True), E.AverageSqrGrad(), E.StepCount()]
+adam_stats = E.adam_stats
 
 # ---------------------------------------------------------------- numerical checks against torch.optim
 def test_sgd_vs_torch():
@@ -107,6 +107,41 @@ def test_lamb_zero_weights_and_clipping():
     p = torch.full((4,), 100., requires_grad=True); p.grad = torch.ones(4)
     E.lamb([p], lr=0.01).step()
     E.test_close(p.detach(), torch.full((4,), 99.9), eps=1e-3)
+
+def test_radam_vs_torch():
+    # 12 steps with sqr_mom=0.99: the first five are un-adapted (rho_t <= 5), the rest rectified Adam steps
+    check_vs(lambda ps: E.StatefulOptimizer(ps, [E.weight_decay, E.radam_step], adam_stats(), lr=1e-2, mom=0.9, sqr_mom=0.99,
+                                            eps=1e-8, wd=0.05),
+             lambda ps: optim.RAdam(ps, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05, decoupled_weight_decay=True))
+
+def radam_torch(ps):
+    return optim.RAdam(ps, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05, decoupled_weight_decay=True)
+
+def test_ranger_vs_lookahead_around_torch_radam():
+    check_vs(lambda ps: E.ranger(ps, lr=1e-2, mom=0.9, sqr_mom=0.99, eps=1e-8, wd=0.05, k=3, alpha=0.5),
+             lambda ps: E.Lookahead(radam_torch(ps), k=3, alpha=0.5))
+
+@pytest.mark.parametrize('form', ['stepper', 'wrapper'])
+def test_lookahead_by_hand(form):
+    # f(p) = p**2/2, SGD lr 0.5, k=2, alpha=0.5: fast 1 -> .5 -> .25, slow .625; fast .3125 -> .15625, slow .390625
+    p = torch.ones(1, requires_grad=True)
+    o = (E.Lookahead(optim.SGD([p], lr=0.5), k=2, alpha=0.5) if form == 'wrapper' else
+         E.StatefulOptimizer([p], [E.sgd_step, E.lookahead_step], [E.StepCount(), E.SlowWeights()], lr=0.5, k=2, alpha=0.5))
+    seen = []
+    for _ in range(4):
+        (p**2 / 2).sum().backward(); o.step(); o.zero_grad(); seen.append(p.item())
+    E.test_close(torch.tensor(seen), torch.tensor([0.5, 0.625, 0.3125, 0.390625]))
+
+def test_lookahead_checks_and_round_trip():
+    with pytest.raises(ValueError, match='k=0'): E.Lookahead(optim.SGD(tiny_model().parameters(), lr=0.1), k=0)
+    with pytest.raises(ValueError, match=r'alpha=1.5 must be in \(0, 1\]'): E.ranger(tiny_model().parameters(), lr=1e-3, alpha=1.5)
+    bs = tiny_batches(10)
+    m1 = tiny_model(); o1 = E.Lookahead(radam_torch(m1.parameters()), k=3); train(m1, o1, bs[:4])
+    buf = io.BytesIO(); torch.save(o1.state_dict(), buf); buf.seek(0)
+    m2 = tiny_model(seed=5); m2.load_state_dict(m1.state_dict())
+    o2 = E.Lookahead(radam_torch(m2.parameters()), k=3).load_state_dict(torch.load(buf, weights_only=True))
+    assert all(torch.equal(a, b) for a, b in zip(train(m1, o1, bs[4:]), train(m2, o2, bs[4:])))
+    with pytest.raises(ValueError, match='Lookahead.load_state_dict'): o2.load_state_dict({'state': {}})
 
 # ---------------------------------------------------------------- building blocks
 def test_steppers_and_defaults():
@@ -193,6 +228,21 @@ def test_state_dict_round_trip():
         assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
     with pytest.raises(ValueError, match='param'):
         E.adam_opt()(list(tiny_model().parameters())[:2], lr=1e-2).load_state_dict(ck['opt'])
+    wider = nn.Sequential(nn.Linear(10, 21), nn.ReLU(), nn.Linear(21, 3))      # as many parameters, other shapes
+    with pytest.raises(ValueError, match=r"state 'grad_avg' of param 0 has shape \(20, 10\)"):
+        E.adam_opt()(wider.parameters(), lr=1e-2).load_state_dict(ck['opt'])
+
+def test_checkpoint_layout_helpers():
+    w1, w2, w3 = (torch.zeros(2) for _ in range(3))
+    saved = E.groups_to_state([{'params': [w1], 'lr': 0.1}, {'params': [w2, w3], 'lr': 0.2, 'wd': 0.}])
+    assert saved == [{'lr': 0.1, 'params': [0]}, {'lr': 0.2, 'wd': 0., 'params': [1, 2]}]
+    fresh = [{'params': [w1], 'lr': 1.}, {'params': [w2, w3], 'lr': 1., 'wd': 1.}]
+    E.load_group_hypers(fresh, {'param_groups': saved})
+    assert [g['lr'] for g in fresh] == [0.1, 0.2] and fresh[1]['wd'] == 0.
+    with pytest.raises(ValueError, match=r'2 param groups of \[1, 2\] params, this optimizer 1 of \[1\]'):
+        E.load_group_hypers(fresh[:1], {'param_groups': saved})
+    with pytest.raises(ValueError, match='lr=-1.0'):
+        E.load_group_hypers(fresh, {'param_groups': [{**saved[0], 'lr': -1.}, saved[1]]})
 
 # ---------------------------------------------------------------- chapter 05's callbacks, with ours and torch's optimizers
 def blob_data(n=320, seed=0, bs=32):
