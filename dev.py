@@ -6,6 +6,7 @@
     python3 dev.py notebooks [nbs/NN_*.ipynb]   execute notebooks top to bottom and save them with outputs
     python3 dev.py test-nb nbs/NN_*.ipynb       run one notebook's tests (nbdev_test, small sizes)
     python3 dev.py bench                        CPU benchmarks (Runner vs bare loop, data pipeline): prints tables
+    python3 dev.py bench-fastai [options]       exp-train vs fastai 2.8.12's recipe, same data and budget (own venv)
     python3 dev.py setup                        only create/refresh the virtual environment
 
 Everything is idempotent: the virtual environment `.venv` is created once and refreshed only when settings.ini changes.
@@ -98,7 +99,7 @@ def test(args):
     say(f'all tests passed in {time.time() - t0:.0f}s')
 
 
-COMMANDS = ('setup', 'test', 'train', 'notebooks', 'test-nb', 'bench')
+COMMANDS = ('setup', 'test', 'train', 'notebooks', 'test-nb', 'bench', 'bench-fastai')
 
 
 def main(argv):
@@ -116,6 +117,7 @@ def main(argv):
         bp = ROOT / 'tests' / 'bench_pipeline.py'
         if bp.exists(): sh(PY, bp, *args, env=data_env())
         return
+    if cmd == 'bench-fastai': return sh(PY, ROOT / 'tests' / 'bench_fastai.py', *args, env=data_env())
 
 
 if __name__ == '__main__': main(sys.argv[1:])
