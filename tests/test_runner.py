@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 import exp.nb_04 as nb04
 import exp.nb_05 as nb05
-from exp.nb_05 import (EVENTS, Callback, Runner, Learner, DataBunch, Dataset, get_dls, get_model, AvgStats,
-                       AvgStatsCallback, accuracy, CancelTrainException, CancelEpochException, CancelBatchException,
+from exp.nb_05 import (EVENTS, Callback, Runner, DataBunch, Dataset, get_dls, get_model, AvgStats,
+                       AvgStatsCallback, accuracy, CancelBatchException,
                        TerminateOnNaNCallback, TrainingDiverged, nan_guard, Recorder, ParamScheduler, LR_Find, ProgressCallback, TextLogger,
                        combine_scheds, cos_1cycle_anneal, sched_lin, sched_cos, sched_no, sched_exp, camel2snake, listify)
 
@@ -23,45 +23,13 @@ T = torch.optim.lr_scheduler
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-class EventLog(Callback):
-    "Record the name of every event (first in order, so it also sees the event in which another callback raises)."
-    order = -100
-    def __init__(self): self.events = []
-for _e in EVENTS: setattr(EventLog, _e, lambda self, e=_e: self.events.append(e))
-
-
-class Raiser(Callback):
-    "Raise `exc` at `event` in epoch `epoch`, batch `it` (None: any), in training (train=True) or validation."
-    def __init__(self, exc, event, epoch, it=None, train=True):
-        self.exc, self.ev, self.ep, self.it, self.train = exc, event, epoch, it, train
-    def check(self, ev):
-        r = self.run
-        if ev == self.ev and r.epoch == self.ep and r.in_train == self.train and self.it in (None, r.iter): raise self.exc()
-for _e in EVENTS: setattr(Raiser, _e, lambda self, e=_e: self.check(e))
-
-
-def tiny_learner(lr=0.1, seed=0):
-    "Linear model on random data: 3 training batches of 4 items, 2 validation batches of 8."
-    torch.manual_seed(seed)
-    x, y = torch.randn(28, 5), torch.randint(0, 3, (28,))
-    d = DataBunch(*get_dls(Dataset(x[:12], y[:12]), Dataset(x[12:], y[12:]), 4), c_out=3)
-    m = nn.Linear(5, 3)
-    return Learner(m, optim.SGD(m.parameters(), lr=lr), F.cross_entropy, d)
+from conftest import EventLog, Raiser, tiny_learner, loss_going_bad   # shared with test_faults.py
 
 
 def events_of(*cbs, epochs=2, learn=None):
     log = EventLog()
     Runner(cbs=[log, *cbs]).fit(epochs, learn or tiny_learner())
     return log.events
-
-
-def loss_going_bad(at_call, value=math.nan):
-    "Cross-entropy that returns `value` on call number `at_call` (0-based)."
-    calls = [0]
-    def loss_func(pred, yb):
-        loss = F.cross_entropy(pred, yb); calls[0] += 1
-        return loss * value if calls[0] - 1 == at_call else loss
-    return loss_func
 
 
 def weights(m): return [p.detach().clone() for p in m.parameters()]
