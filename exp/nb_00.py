@@ -112,6 +112,8 @@ def hardware_info():
 TEST = 'test'
 
 # %% ../nbs/00_exports.ipynb #940c04a4
+import configparser
+
 def find_settings(start='.'):
     "The settings.ini of the nbdev project that holds `start` (searching parent folders), or None."
     for d in [Path(start).resolve(), *Path(start).resolve().parents]:
@@ -122,12 +124,11 @@ def nb_auto_export(fname=None, dry_run=False):
     "Save the open notebook (classic Jupyter only) and export the project's notebooks (or just `fname`) with nbdev; prints what it did."
     cfg_path = find_settings()
     if cfg_path is None: raise FileNotFoundError("no settings.ini in this folder or above: run nb_auto_export from inside the nbdev project")
-    import configparser
     cp = configparser.ConfigParser(); cp.read(cfg_path)
     nbs = cfg_path.parent / cp['DEFAULT'].get('nbs_path', 'nbs')
     targets = [nbs / fname] if fname else sorted(nbs.glob('[0-9]*.ipynb'))
     if dry_run: return targets
-    try:
+    try:                                   # IPython and nbdev are imported here: plain `import exp` needs neither
         from IPython.display import display, Javascript
         display(Javascript('if (window.IPython && IPython.notebook) IPython.notebook.save_checkpoint();'))
         print("asked the notebook front end to save (works in classic Jupyter; in JupyterLab save first with Ctrl-S)")

@@ -1,18 +1,20 @@
-"""Data access (exp.nb_01): downloads, mirror, checksums, resume, safe extraction, Fashion-MNIST parsing.
+"""Data access (exp.nb_00a): downloads, mirror, checksums, resume, safe extraction, Fashion-MNIST parsing.
 
 Everything runs against an HTTP server on 127.0.0.1 (ephemeral port, in a thread) or a closed local port; no test
 touches any other address. The real files come from the shared data folder beside the checkout (../shared/data).
+Also the pieces of nb_00a that the rest of the library shares: the atomic writer, the file lock, ArgError.
 """
-import errno, gzip, hashlib, http.server, io, os, re, socket, struct, tarfile, threading, time
+import errno, gzip, hashlib, http.server, io, os, pickle, re, signal, socket, struct, subprocess, sys, tarfile, threading, time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import exp.nb_01 as nb01
-from exp.nb_01 import (URLs, KNOWN_SHA256, ArchiveError, ChecksumError, DownloadError, data_mirror, default_data_path,
-                       download_data, file_sha256, load_fashion_mnist, read_idx, untar_data)
+import exp.nb_00a as nb00a
+from exp.nb_00a import (URLs, KNOWN_SHA256, ArchiveError, ArgError, ChecksumError, DownloadError, atomic_save, atomic_write,
+                        data_mirror, default_data_path, download_data, file_lock, file_sha256, load_fashion_mnist, read_idx,
+                        untar_data, url_fname)
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 FM = SHARED / 'fashion-mnist'
@@ -26,8 +28,8 @@ def isolated(tmp_path, monkeypatch):
     "Every test gets its own data folder, no mirror, and a public Fashion-MNIST URL that cannot reach the internet."
     monkeypatch.setenv('EXP_DATA', str(tmp_path / 'data'))
     monkeypatch.delenv('EXP_DATA_MIRROR', raising=False)
-    monkeypatch.setattr(nb01.URLs, 'FASHION_MNIST', f'http://127.0.0.1:{closed_port()}/fashion-mnist/')
-    monkeypatch.setattr(nb01, 'FMNIST_SYSTEM_PATH', tmp_path / 'no-system-copy')
+    monkeypatch.setattr(nb00a.URLs, 'FASHION_MNIST', f'http://127.0.0.1:{closed_port()}/fashion-mnist/')
+    monkeypatch.setattr(nb00a, 'FMNIST_SYSTEM_PATH', tmp_path / 'no-system-copy')
 
 
 def closed_port():
@@ -213,9 +215,9 @@ def test_two_downloads_of_one_file_at_once(server, tmp_path, monkeypatch):
     "Two downloads of the same file overlap: the second waits for the first and reuses its file (one request, intact)."
     base, root, h = server
     (root / 'f.bin').write_bytes(os.urandom(300_000))
-    real = nb01.http_fetch
+    real = nb00a.http_fetch
     def slow_fetch(*a, **k): time.sleep(0.5); return real(*a, **k)       # keep the first one busy while the second starts
-    monkeypatch.setattr(nb01, 'http_fetch', slow_fetch)
+    monkeypatch.setattr(nb00a, 'http_fetch', slow_fetch)
     res = []
     ts = [threading.Thread(target=lambda: res.append(download_data(base + 'f.bin', sha256=file_sha256(root / 'f.bin'))))
           for _ in range(2)]
@@ -311,9 +313,9 @@ def test_two_extractions_at_once(tmp_path, monkeypatch):
     mirror = tmp_path / 'mirror'; mirror.mkdir()
     make_tar(mirror / 'w.tgz', [(f'w/f{i}.bin', os.urandom(50_000)) for i in range(40)])
     monkeypatch.setenv('EXP_DATA_MIRROR', str(mirror))
-    real = nb01.safe_extract
+    real = nb00a.safe_extract
     def slow(*a): time.sleep(0.3); return real(*a)
-    monkeypatch.setattr(nb01, 'safe_extract', slow)
+    monkeypatch.setattr(nb00a, 'safe_extract', slow)
     res, errs = [], []
     def job():
         try: res.append(untar_data(f'http://127.0.0.1:{closed_port()}/w.tgz'))
@@ -358,12 +360,12 @@ def test_reextract_when_archive_changes(tmp_path, monkeypatch):
     url = f'http://127.0.0.1:{closed_port()}/v.tgz'
     d = untar_data(url)
     assert (d / 'a.txt').read_text() == 'version 1'
-    stamp = nb01.read_stamp(d)
+    stamp = nb00a.read_stamp(d)
     assert stamp['sha256'] == file_sha256(tmp_path / 'data' / 'v.tgz')
     make_tar(tmp_path / 'data' / 'v.tgz', [('v/a.txt', b'version 2')])   # the archive in the data folder changes
     d2 = untar_data(url)
     assert d2 == d and (d / 'a.txt').read_text() == 'version 2' and not (d / 'only_v1.txt').exists()
-    assert nb01.read_stamp(d)['sha256'] != stamp['sha256'] and leftovers(tmp_path / 'data') == []
+    assert nb00a.read_stamp(d)['sha256'] != stamp['sha256'] and leftovers(tmp_path / 'data') == []
     (tmp_path / 'data' / '.v.old-999').mkdir()                            # a swap killed half-way, long ago
     make_tar(tmp_path / 'data' / 'v.tgz', [('v/a.txt', b'version 3')])
     assert (untar_data(url) / 'a.txt').read_text() == 'version 3' and leftovers(tmp_path / 'data') == []
@@ -403,7 +405,8 @@ def write_fmnist(folder, n=(6, 4), images=None):
 def test_load_fashion_mnist_from_folder(tmp_path):
     xt, yt, xv, yv = load_fashion_mnist(write_fmnist(tmp_path / 'fm'))
     assert xt.shape == (6, 784) and xv.shape == (4, 784) and yt.tolist() == [0, 1, 2, 3, 4, 5]
-    with pytest.raises(FileNotFoundError, match='not a folder'): load_fashion_mnist(tmp_path / 'nope')
+    with pytest.raises(ArgError, match='not a folder') as e: load_fashion_mnist(tmp_path / 'nope')   # a bad argument value
+    assert e.value.arg == 'path' and e.value.value == str(tmp_path / 'nope')
 
 
 @pytest.mark.parametrize('kind, match', [('truncated', 'truncated'), ('magic', 'bad magic number'),
@@ -434,7 +437,7 @@ def test_read_idx_raw_and_types(tmp_path):
 
 @pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist').is_dir(), reason='Debian dataset-fashion-mnist not installed')
 def test_debian_package_location(monkeypatch):
-    monkeypatch.setattr(nb01, 'FMNIST_SYSTEM_PATH', Path('/usr/share/datasets/fashion-mnist'))
+    monkeypatch.setattr(nb00a, 'FMNIST_SYSTEM_PATH', Path('/usr/share/datasets/fashion-mnist'))
     xt, yt, xv, yv = load_fashion_mnist()
     assert xt.shape == (60000, 784) and xv.shape == (10000, 784)
 
@@ -443,16 +446,124 @@ def test_debian_location_is_consulted(tmp_path, monkeypatch):
     "With no path and no mirror, the system folder is used before any download (uncompressed files work too)."
     folder = write_fmnist(tmp_path / 'sys')
     for f in list(folder.iterdir()): (folder / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes())); f.unlink()
-    monkeypatch.setattr(nb01, 'FMNIST_SYSTEM_PATH', folder)
+    monkeypatch.setattr(nb00a, 'FMNIST_SYSTEM_PATH', folder)
     assert load_fashion_mnist()[0].shape == (6, 784)
 
 
 def test_contract_names_and_progress_bar(server, capsys):
     "The names later chapters use exist, and a visible progress bar does not disturb a download."
-    assert nb01.datasets.untar_data is untar_data and nb01.datasets.URLs.IMAGENETTE_160.endswith('/imagenette2-160.tgz')
+    assert nb00a.datasets.untar_data is untar_data and nb00a.datasets.URLs.IMAGENETTE_160.endswith('/imagenette2-160.tgz')
     assert set(URLs.FASHION_MNIST_FILES) < set(KNOWN_SHA256) and KNOWN_SHA256['imagenette2-160.tgz'] is None
-    assert len(nb01.FMNIST_CLASSES) == 10
+    assert len(nb00a.FMNIST_CLASSES) == 10
     base, root, _ = server
     data = os.urandom(300_000)
     (root / 'p.bin').write_bytes(data)
     assert download_data(base + 'p.bin', progress=True).read_bytes() == data
+
+
+# ---------------------------------------------------------------- shared pieces: ArgError, atomic writer, file lock
+def test_arg_error_names_the_argument():
+    with pytest.raises(ArgError) as e: url_fname('https://example.org/')
+    assert (e.value.arg, e.value.value) == ('url', 'https://example.org/') and 'file name' in e.value.why
+    assert str(e.value) == f"url='https://example.org/': {e.value.why}" and isinstance(e.value, ValueError)
+    again = pickle.loads(pickle.dumps(e.value))                          # crosses process boundaries intact
+    assert type(again) is ArgError and (again.arg, again.value, again.why) == (e.value.arg, e.value.value, e.value.why)
+
+
+def test_atomic_write_and_save(tmp_path):
+    p = atomic_write(tmp_path / 'sub' / 'a.txt', 'text')                  # folders are created
+    assert p.read_text() == 'text' and atomic_write(p, b'\x00\x01').read_bytes() == b'\x00\x01'
+    umask = os.umask(0o022); os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask                   # normal permissions, not mkstemp's 0o600
+    atomic_save({'w': torch.arange(4)}, tmp_path / 'm.pt')
+    assert torch.equal(torch.load(tmp_path / 'm.pt', weights_only=True)['w'], torch.arange(4))
+    assert sorted(f.name for f in tmp_path.rglob('*')) == ['a.txt', 'm.pt', 'sub']   # no temp file left
+
+
+class HalfThenFull:
+    "A file whose write stores half the bytes, then fails like a full disk."
+    def __init__(self, f): self.f = f
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.f.close()
+    def write(self, b):
+        self.f.write(bytes(b[:len(b) // 2])); self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize('writer', ['atomic_write', 'atomic_save'])
+def test_atomic_writers_on_a_full_disk_keep_the_old_file(writer, tmp_path, monkeypatch):
+    p = tmp_path / 'f.bin'
+    p.write_bytes(b'old and complete')
+    real = os.fdopen
+    monkeypatch.setattr(os, 'fdopen', lambda fd, *a, **k: HalfThenFull(real(fd, *a, **k)))
+    with pytest.raises(OSError) as e:
+        if writer == 'atomic_write': atomic_write(p, b'x' * 10_000)
+        else: atomic_save({'x': torch.zeros(1000)}, p)
+    assert e.value.errno == errno.ENOSPC and str(p) in str(e.value) and 'Free some disk space' in str(e.value)
+    assert p.read_bytes() == b'old and complete' and os.listdir(tmp_path) == ['f.bin']   # old file intact, temp removed
+
+
+def test_atomic_write_error_for_an_unwritable_place(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(OSError) as e: atomic_write(tmp_path / 'file' / 'a.txt', 'text')   # a file where a folder should be
+    assert str(tmp_path / 'file' / 'a.txt') in str(e.value) and leftovers(tmp_path) == []
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from exp.nb_00a import file_lock
+lock, log, name, hold = sys.argv[1], Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+with file_lock(lock):
+    with open(log, 'a') as f: f.write(name + ' in\\n')
+    time.sleep(hold)
+    with open(log, 'a') as f: f.write(name + ' out\\n')
+"""
+
+
+def lock_holder(tmp_path, name, hold):
+    "A separate Python process that takes the lock tmp_path/x.lock, logs 'name in', holds it `hold` s, logs 'name out'."
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.Popen([sys.executable, '-c', LOCK_HOLDER, str(tmp_path / 'x.lock'), str(tmp_path / 'log'), name, str(hold)],
+                            env=env)
+
+
+def wait_for_line(log, line, proc, limit=60):
+    t0 = time.time()
+    while not (log.exists() and line in log.read_text().splitlines()):
+        assert proc.poll() is None and time.time() - t0 < limit, f'{line!r} never appeared in {log}'
+        time.sleep(0.05)
+
+
+def test_file_lock_processes_take_turns(tmp_path):
+    "Two processes on one lock: the second one waits until the first is done; meanwhile a third taker times out."
+    a = lock_holder(tmp_path, 'a', 2.0)
+    try:
+        wait_for_line(tmp_path / 'log', 'a in', a)
+        b = lock_holder(tmp_path, 'b', 0)
+        with pytest.raises(TimeoutError):                                    # really exclusive, also for this process
+            with file_lock(tmp_path / 'x.lock', timeout=0.2): pass
+        assert a.wait(60) == 0 and b.wait(60) == 0
+    finally: a.kill(); a.wait()
+    assert (tmp_path / 'log').read_text().splitlines() == ['a in', 'a out', 'b in', 'b out']
+    with file_lock(tmp_path / 'x.lock', timeout=1) as lk: assert lk.is_locked   # free again
+
+
+def test_file_lock_threads_take_turns(tmp_path):
+    order = []
+    def hold(name, wait):
+        with file_lock(tmp_path / 'x.lock'): order.append(name + ' in'); time.sleep(wait); order.append(name + ' out')
+    t = threading.Thread(target=hold, args=('a', 0.4)); t.start(); time.sleep(0.1)
+    hold('b', 0); t.join()
+    assert order == ['a in', 'a out', 'b in', 'b out']
+
+
+def test_file_lock_freed_when_holder_is_killed(tmp_path):
+    "A process killed while it holds the lock does not block the next one (the OS drops a flock with its process)."
+    a = lock_holder(tmp_path, 'a', 600)
+    try:
+        wait_for_line(tmp_path / 'log', 'a in', a)
+        with pytest.raises(TimeoutError): file_lock(tmp_path / 'x.lock', timeout=0.2).acquire()
+        a.send_signal(signal.SIGKILL); a.wait(30)
+    finally: a.kill(); a.wait()
+    with file_lock(tmp_path / 'x.lock', timeout=5): pass
