@@ -2,8 +2,8 @@
 
 # %% auto #0
 __all__ = ['find_mods', 'check_4d', 'BatchNorm', 'LayerNorm', 'InstanceNorm', 'conv_layer', 'init_cnn_', 'init_cnn',
-           'get_learn_run', 'RunningBatchNorm', 'get_batch', 'find_modules', 'is_lin_layer', 'lsuv_append_stat',
-           'lsuv_shift', 'lsuv_module']
+           'get_learn_run', 'RunningBatchNorm', 'get_batch', 'find_modules', 'is_lin_layer', 'model_summary',
+           'lsuv_append_stat', 'lsuv_shift', 'lsuv_module']
 
 # %% ../nbs/07_batchnorm.ipynb #30d24bff
 from .nb_06a import *
@@ -152,6 +152,23 @@ find_mods = find_modules
 def is_lin_layer(l):
     "True for layers with a weight to rescale: Conv1d, Conv2d, Conv3d and Linear."
     return isinstance(l, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+
+# %% ../nbs/07_batchnorm.ipynb #7edc89bc
+def model_summary(run, learn, data, find_all=False):
+    "Print each top-level block of `learn.model` (every linear layer if `find_all`) and its output shape on one valid batch."
+    run.learn = learn  # get_batch fires begin_batch, whose callbacks read run.learn (fit detaches it at the end)
+    xb, _ = get_batch(data.valid_dl, run)
+    mdl = learn.model.to(xb.device)
+    mods = find_modules(mdl, is_lin_layer) if find_all else list(mdl.children())
+    shapes = []
+    def _show(hook, mod, inp, out):
+        shapes.append(tuple(out.shape)); print(f"{mod}\n  -> {tuple(out.shape)}\n")
+    was_training = mdl.training
+    mdl.eval()  # don't let a summary update batchnorm running stats
+    try:
+        with Hooks(mods, _show), torch.no_grad(): mdl(xb)
+    finally: mdl.train(was_training)
+    return shapes
 
 # %% ../nbs/07_batchnorm.ipynb #c74ff2bf
 def lsuv_append_stat(hook, mod, inp, outp):

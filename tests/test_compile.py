@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from exp.nb_10 import train, resume_conflicts, CompileCallback
+from exp.nb_10 import train, resume_conflicts, CompileCallback, TrainOptions
 
 needs_cc = pytest.mark.skipif(not (shutil.which('cc') or shutil.which('gcc')), reason="inductor on a CPU needs a C compiler")
 
@@ -33,5 +33,5 @@ def test_compiled_training_matches_eager(folder, tmp_path):
 
 
 def test_compile_is_free_on_resume():
-    assert resume_conflicts({'compile_model': True}, {'compile_model': False}) == []
+    assert resume_conflicts(TrainOptions, {'compile_model': True}, {'compile_model': False}) == []
     assert CompileCallback().kwargs == dict(backend='inductor', mode=None, dynamic=None)

@@ -4,7 +4,7 @@ The undefined-name lint resolves star imports the only reliable way: it imports 
 that the module's code reads against the module's real namespace (plus builtins). Code that only worked because a
 notebook had the name lying around in its globals fails here.
 """
-import builtins, importlib, subprocess, symtable, sys
+import builtins, importlib, json, os, subprocess, symtable, sys
 from pathlib import Path
 import pytest
 
@@ -12,10 +12,37 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(p.stem for p in (ROOT / 'exp').glob('nb_*.py'))
 
 
+CHAIN = ['nb_00', 'nb_00a', 'nb_01', 'nb_02', 'nb_03', 'nb_04', 'nb_05', 'nb_05a', 'nb_06', 'nb_06a', 'nb_07', 'nb_08',
+         'nb_08a', 'nb_09', 'nb_09a', 'nb_10']   # teaching chapters (plain numbers) and engineering ones (lettered)
+
+
 def test_modules_exist():
-    "The chain 00..10 is there (a lost module must fail loudly, not shrink the parametrised tests)."
-    assert MODULES == [f'nb_{i:02d}' for i in range(len(MODULES))], MODULES
-    assert len(MODULES) >= 4, MODULES
+    "The whole chain is there (a lost module must fail loudly, not shrink the parametrised tests)."
+    assert MODULES == CHAIN, MODULES
+
+
+@pytest.mark.parametrize('prev, mod', list(zip(CHAIN, CHAIN[1:])))
+def test_each_module_imports_the_one_before(prev, mod):
+    "Each module starts from the one just before it in the chain and passes its names on, so exp.nb_10 has them all."
+    first = next(l for l in (ROOT / 'exp' / f'{mod}.py').read_text().splitlines() if l.startswith(('from ', 'import ')))
+    assert first == f'from .{prev} import *', (mod, first)
+    m, p = importlib.import_module(f'exp.{mod}'), importlib.import_module(f'exp.{prev}')
+    assert set(p.__all__) <= set(m.__all__)
+
+
+def test_user_draft_runs_against_nb09(tmp_path):
+    "Notebook 10's first section (the user's draft), cell by cell, in a fresh interpreter that imports only exp.nb_09, ending with nb_auto_export()."
+    nb = json.loads((ROOT / 'nbs' / '10_bag_of_tricks.ipynb').read_text())
+    cells = [''.join(c['source']) for c in nb['cells']]
+    start = next(i for i, s in enumerate(cells) if s.startswith('## The draft'))
+    end = next(i for i, s in enumerate(cells) if s.startswith('## The tricks'))
+    tunables = next(s for s in cells if s.startswith("IN_TEST = bool(os.environ.get('IN_TEST'))"))
+    code = [s for s, c in zip(cells[start:end], nb['cells'][start:end]) if c['cell_type'] == 'code']
+    script = '\n\n'.join(['from exp.nb_09 import *', tunables, *code, 'nb_auto_export()', 'print("DRAFT OK")'])
+    (tmp_path / 'draft.py').write_text(script)
+    env = dict(os.environ, IN_TEST='1', PYTHONPATH=str(ROOT), MPLBACKEND='Agg')
+    r = subprocess.run([sys.executable, str(tmp_path / 'draft.py')], cwd=ROOT / 'nbs', env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and 'DRAFT OK' in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
 
 
 @pytest.mark.parametrize('mod', MODULES)

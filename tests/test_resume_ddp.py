@@ -313,14 +313,22 @@ def test_resume_in_process_and_checks(tmp_path):
         M.Runner(cbs=[M.CheckpointCallback(ck_path, resume=True)]).fit(5, small_learn(), start_epoch=1)
     with pytest.raises(ValueError, match='start_epoch must be an int'): M.Runner().fit(2, small_learn(), start_epoch=2)
 
+def test_loader_state_of_the_fast_loader():
+    "loader_state/set_loader_state (05a) also save and restore notebook 08a's TensorBatchLoader: its order and its crops."
+    tbl = M.TensorBatchLoader(torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8), torch.arange(8), 8, 4, train=True, seed=1)
+    ls = M.loader_state(tbl); first = next(iter(tbl))
+    M.set_loader_state(tbl, ls); again = next(iter(tbl))
+    torch.testing.assert_close(again[1], first[1]); torch.testing.assert_close(again[0], first[0])
+
 def test_resume_config(tmp_path):
-    with pytest.raises(FileNotFoundError, match='no such folder'): M.resume_config(tmp_path / 'missing')
-    with pytest.raises(FileNotFoundError, match='no config.json'): M.resume_config(tmp_path)
+    with pytest.raises(M.ArgError, match='no such folder') as e: M.resume_config(tmp_path / 'missing')
+    assert e.value.arg == 'run_dir'                                 # names the Python argument; the CLI says --resume
+    with pytest.raises(M.ArgError, match='no config.json'): M.resume_config(tmp_path)
     (tmp_path / 'config.json').write_text('{bad json')
-    with pytest.raises(ValueError, match='config.json is not valid JSON'): M.resume_config(tmp_path)
+    with pytest.raises(M.ArgError, match='config.json is not valid JSON'): M.resume_config(tmp_path)
     cfg = {'arch': 'mlp', 'epochs': 3}
     (tmp_path / 'config.json').write_text(json.dumps(cfg))
-    with pytest.raises(FileNotFoundError, match='before its first checkpoint'): M.resume_config(tmp_path)
+    with pytest.raises(M.ArgError, match='before its first checkpoint'): M.resume_config(tmp_path)
     class Stop(M.Callback):
         order = 30                              # after CheckpointCallback (20) has saved the epoch
         def after_epoch(self): raise M.CancelTrainException()
@@ -329,7 +337,7 @@ def test_resume_config(tmp_path):
     (tmp_path / 'config.json').write_text(json.dumps({**cfg, 'lr': 1}))
     with pytest.warns(UserWarning, match=r"in \['lr'\]"): M.resume_config(tmp_path)
     os.replace(tmp_path / 'checkpoint.pt', M.interrupted_path(tmp_path / 'checkpoint.pt'))
-    with pytest.raises(FileNotFoundError, match='only checkpoint.interrupted.pt'): M.resume_config(tmp_path)
+    with pytest.raises(M.ArgError, match='only checkpoint.interrupted.pt'): M.resume_config(tmp_path)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 4. the real thing: SIGKILL in the middle of an epoch, resume in a new process, compare with an uninterrupted run

@@ -37,15 +37,16 @@ def run_dir(folder, tmp_path_factory):
 
 
 def test_run_folder(run_dir):
-    assert sorted(f.name for f in run_dir.iterdir()) == ['checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
+    assert sorted(f.name for f in run_dir.iterdir()) == ['.exp-run.lock', 'checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
     rows = json.loads((run_dir / 'metrics.json').read_text())
     assert len(rows) == 1 and set(rows[0]) == {'epoch', 'train_loss', 'train_acc', 'valid_loss', 'valid_acc', 'lr', 'seconds'}
     assert 0 <= rows[0]['valid_acc'] <= 1 and np.isfinite(rows[0]['train_loss'])
     assert (run_dir / 'metrics.csv').read_text().splitlines()[0] == 'epoch,train_loss,train_acc,valid_loss,valid_acc,lr,seconds'
     cfg = json.loads((run_dir / 'config.json').read_text())
-    assert (cfg['size'], cfg['epochs'], cfg['bs'], cfg['n_train'], cfg['n_valid']) == (32, 1, 8, 24, 12)
+    a = cfg['args']                                              # the options that define the run: what --resume reads
+    assert (a['size'], a['epochs'], a['bs'], cfg['n_train'], cfg['n_valid']) == (32, 1, 8, 24, 12)
     assert cfg['vocab'] == list(CLASSES) and cfg['recipe']['arch'] == 'xresnet18'
-    assert cfg['args']['epochs'] == 1 and cfg['args']['data'] == str(Path(cfg['data']))   # what --resume reads
+    assert a['data'] == cfg['data'] == str(Path(cfg['data']).resolve()) and a['tricks'] == 'all' and 'device' not in a
     assert cfg['pipeline'] == cfg['args']['pipeline'] == 'fast'                              # --pipeline auto = fast
     assert (run_dir / 'plot.png').read_bytes()[:4] == b'\x89PNG'
     assert not list(run_dir.glob('.*.tmp'))                      # no temp files left behind
@@ -104,8 +105,11 @@ def test_predict(run_dir, folder):
     res = predict(imgs, run_dir)
     assert [r[0] for r in res] == [str(p) for p in imgs]
     assert all(c in CLASSES and 0 < p <= 1 for _, c, p in res)
-    with pytest.raises(FileNotFoundError, match='missing.jpg'): predict([folder / 'missing.jpg'], run_dir)
-    with pytest.raises(FileNotFoundError, match='model.pt'): predict(imgs, folder)
+    from exp.nb_10 import ArgError
+    with pytest.raises(ArgError, match='missing.jpg') as e: predict([folder / 'missing.jpg'], run_dir)
+    assert e.value.arg == 'paths'
+    with pytest.raises(ArgError, match='has no model.pt') as e: predict(imgs, folder)
+    assert e.value.arg == 'run_dir'
 
 
 def test_predict_cli(run_dir, folder):
@@ -116,7 +120,8 @@ def test_predict_cli(run_dir, folder):
     (_, cls2, prob2), = predict_main([str(run_dir / 'model.pt'), str(img), '--device', 'auto'])   # the file, any device
     assert cls2 == cls and abs(prob2 - prob) < 1e-3
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit): predict_main([str(run_dir), str(img), '--device', 'cuda'])
+        with pytest.raises(SystemExit) as e: predict_main([str(run_dir), str(img), '--device', 'cuda'])
+        assert e.value.code == 2
 
 
 def test_console_scripts_exit_zero(run_dir, folder):
@@ -173,20 +178,23 @@ def _cli_error(capsys, argv):
 
 @pytest.mark.parametrize('args, msg', [
     (['--data', '/no/such/folder'], "argument --data: data folder '/no/such/folder' does not exist"),
-    (['--lr', '-1'], 'argument --lr: must be > 0'),
-    (['--bs', '0'], 'argument --bs: must be > 0'),
-    (['--epochs', 'two'], 'argument --epochs'),
+    (['--lr', '-1'], 'argument --lr: must be > 0, got -1'),
+    (['--bs', '0'], 'argument --bs: must be > 0, got 0'),
+    (['--epochs', '0'], 'argument --epochs: must be > 0, got 0'),
+    (['--epochs', 'two'], "argument --epochs: 'two' is not an int"),
     (['--limit', '0'], 'argument --limit: must be > 0'),
     (['--workers', '-2'], 'argument --workers: must be >= 0'),
-    (['--tricks', 'mixup,dropout'], "unknown trick(s) 'dropout'"),
-    (['--arch', 'vgg16'], 'argument --arch: invalid choice'),
+    (['--tricks', 'mixup,dropout'], "argument --tricks: unknown trick(s) 'dropout': choose from bcd"),
+    (['--arch', 'vgg16'], "argument --arch: invalid choice: 'vgg16'"),
+    (['--opt', 'adam'], "argument --opt: invalid choice: 'adam'"),
+    (['--device', 'tpu'], "argument --device: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (got tpu)"),
     (['--act', 'gelu'], 'argument --act: invalid choice'),
     (['--schedule', 'step'], 'argument --schedule: invalid choice'),
-    (['--arch', 'draft-cnn', '--act', 'mish'], "options that do not go together: act='mish' applies to the xresnets"),
+    (['--arch', 'draft-cnn', '--act', 'mish'], "argument --act: applies to the xresnets; the draft CNN keeps its ReLU (got mish)"),
     (['--crop', 'zoom'], 'argument --crop: invalid choice'),
     (['--seed', '-1'], 'argument --seed: must be in [0, 2**32), got -1'),
     (['--stats', 'imagenet'], 'argument --stats: invalid choice'),
-    (['--pipeline', 'per-item', '--crop', 'whole'], 'argument --crop: --crop whole needs the fast pipeline, not per-item'),
+    (['--pipeline', 'per-item', '--crop', 'whole'], "argument --crop: chooses where the fast pipeline's random crops come from; the per-item pipeline has none (got whole)"),
 ])
 def test_bad_args(args, msg, folder, capsys):
     err = _cli_error(capsys, args if args[0] == '--data' else ['--data', folder, *args])
@@ -219,8 +227,8 @@ class CtrlCAfterFirstEpoch(Callback):
     order = 30
     def after_epoch(self):
         if self.epoch == 0: raise KeyboardInterrupt
-try: train(Path(sys.argv[1]), 32, 2, 8, None, 'draft-cnn', 'all', 'cpu', 0, 0, Path(sys.argv[2]), None, False,
-           cbs=[CtrlCAfterFirstEpoch()], opt=sys.argv[3])
+try: train(Path(sys.argv[1]), size=32, epochs=2, bs=8, arch='draft-cnn', device='cpu', workers=0, out=Path(sys.argv[2]),
+           progress=False, cbs=[CtrlCAfterFirstEpoch()], opt=sys.argv[3])
 except KeyboardInterrupt: print('interrupted')
 """
 
@@ -257,7 +265,7 @@ def test_resume_matches_uninterrupted_run(opt, folder, tmp_path, capsys):
             assert abs(ra[k] - rb[k]) <= 1e-4 * max(1., abs(ra[k])), (k, ra, rb)
     wa, wb = [torch.load(d / 'model.pt', weights_only=True)['state_dict'] for d in (whole, cut)]
     for k in wa: torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-4)
-    assert 'nothing to resume' in _cli_error(capsys, ['--resume', cut])         # both epochs are done now
+    assert 'argument --resume: the run already finished all 2 epochs; nothing to resume' in _cli_error(capsys, ['--resume', cut])
     assert 'argument --resume' in (e := _cli_error(capsys, ['--resume', tmp_path / 'nope'])) and 'no such folder' in e
 
 
@@ -271,7 +279,7 @@ def test_torchrun_two_processes(folder, tmp_path):
                         *TINY, '--out', str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert p.stdout.count('run saved to') == 1
-    assert sorted(f.name for f in out.iterdir()) == ['checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
+    assert sorted(f.name for f in out.iterdir()) == ['.exp-run.lock', 'checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
     cfg = json.loads((out / 'config.json').read_text())
     rows = json.loads((out / 'metrics.json').read_text())
     assert cfg['world_size'] == 2 and len(rows) == 2 and all(0 <= r['valid_acc'] <= 1 for r in rows)
