@@ -84,7 +84,7 @@ def test_fastai_like_recipe(folder, tmp_path):
 
 def test_stats_measured_on_own_data(run_dir, folder, tmp_path):
     "Not Imagenette: the normalisation is measured on the training images, saved in config.json and model.pt, used by predict."
-    from exp.nb_10 import image_stats, imagenette_stats, resolve_stats
+    from exp.nb_10 import image_stats, imagenette_stats
     cfg = json.loads((run_dir / 'config.json').read_text())
     ck = torch.load(run_dir / 'model.pt', weights_only=True)
     files = sorted((folder / 'train').glob('*/*'))
