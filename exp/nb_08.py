@@ -2,16 +2,16 @@
 
 # %% auto #0
 __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'norm_imagenette', 'setify', 'get_files', 'compose',
-           'ItemList', 'open_image', 'image_error', 'drop_unreadable', 'ImageList', 'Transform', 'make_rgb',
-           'ResizeFixed', 'to_byte_tensor', 'to_float_tensor', 'show_image', 'show_batch', 'grandparent_splitter',
-           'split_by_func', 'SplitData', 'uniqueify', 'Processor', 'CategoryProcessor', 'parent_labeler', 'LabeledData',
-           'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan', 'PIL']
+           'ItemList', 'UnreadableImageError', 'open_image', 'image_error', 'drop_unreadable', 'ImageList', 'Transform',
+           'make_rgb', 'ResizeFixed', 'to_byte_tensor', 'to_float_tensor', 'show_image', 'show_batch',
+           'grandparent_splitter', 'split_by_func', 'SplitData', 'uniqueify', 'Processor', 'CategoryProcessor',
+           'parent_labeler', 'LabeledData', 'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan',
+           'PIL']
 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
 from .nb_07 import *
 reexport(globals(), 'exp.nb_07')   # pass on every name from notebooks 00 to 07
 import PIL, PIL.Image
-import contextlib
 _all_ = ['PIL']  # re-exported for later notebooks
 
 # %% ../nbs/08_data_block.ipynb #372e63e5
@@ -97,15 +97,23 @@ class ItemList(ListContainer):
         except ValueError: return o
 
 # %% ../nbs/08_data_block.ipynb #98f1cd0c
+class UnreadableImageError(ValueError):
+    "An image file that exists but does not decode: `.path` is the file, `.reason` what the decoder said."
+    def __init__(self, path, reason=None):
+        if reason is None:   # one argument: the text a DataLoader worker's error is raised again with (path unknown)
+            self.path = self.reason = None; super().__init__(path); return
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"Cannot read image file '{path}': {reason}. Replace or delete the file, or "
+                         "build the ImageList with on_error='skip' to leave unreadable files out.")
+    def __reduce__(self): return (type(self), (self.args[0],) if self.path is None else (self.path, self.reason))   # pickles whole
+
 def open_image(fn):
-    "Open and fully decode the image file `fn` with PIL; an unreadable file raises a ValueError that names it."
+    "Open and fully decode the image file `fn` with PIL; an unreadable file raises UnreadableImageError naming it."
     with open(fn, 'rb') as f:  # a missing file raises FileNotFoundError naming it
         try:
             im = PIL.Image.open(f)
             im.load()
-        except Exception as e:
-            raise ValueError(f"Cannot read image file '{fn}': {type(e).__name__}: {e}. Replace or delete the file, or "
-                             "build the ImageList with on_error='skip' to leave unreadable files out.") from e
+        except Exception as e: raise UnreadableImageError(fn, f'{type(e).__name__}: {e}') from e
     return im
 
 def image_error(fn):

@@ -10,7 +10,7 @@ crop, flip and normalisation on whole batches on the device. Both paths are time
 device, ready for the model (CUDA is synchronised before each clock read). Prints a table; asserts nothing.
 """
 import argparse, shutil, tempfile, time
-from exp.nb_08 import *
+from exp.nb_08a import *
 
 
 def sync(device):

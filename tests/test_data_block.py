@@ -14,7 +14,7 @@ from exp.nb_08 import (image_extensions, setify, get_files, compose, ItemList, I
                        ResizeFixed, to_byte_tensor, to_float_tensor, grandparent_splitter, split_by_func, SplitData,
                        uniqueify, Processor, CategoryProcessor, CategoryProcesser, parent_labeler, label_by_func,
                        LabeledData, normalize_chan, imagenette_stats, norm_imagenette, show_image,
-                       show_batch, open_image, default_num_workers)
+                       show_batch, open_image, default_num_workers, UnreadableImageError)
 
 def jpeg_bytes(size=(24, 16), color=(200, 30, 60)):
     "A small valid JPEG file's bytes, with some texture so it is not trivially short."
@@ -146,6 +146,17 @@ def test_bad_file_error_names_file(bad_dir, name):
     il = ImageList.from_files(bad_dir)
     with pytest.raises(ValueError, match=name): il[il.items.index(bad_dir/name)]
     with pytest.raises(ValueError, match="on_error='skip'"): open_image(bad_dir/name)
+    with pytest.raises(UnreadableImageError) as e: open_image(bad_dir/name)
+    assert e.value.path == bad_dir/name and e.value.reason and e.value.reason in str(e.value)
+    again = pickle.loads(pickle.dumps(e.value))                  # crosses process boundaries (a Pool) whole
+    assert (type(again), again.path, again.reason, str(again)) == (UnreadableImageError, e.value.path, e.value.reason, str(e.value))
+
+def test_unreadable_error_from_a_dataloader_worker_keeps_its_type(bad_dir):
+    "A worker's error comes back as exc_type(text): the type survives, the path is unknown (None) there."
+    il = ImageList([bad_dir/'empty.jpg'])
+    dl = torch.utils.data.DataLoader(il, batch_size=1, num_workers=1, collate_fn=lambda b: b)
+    with pytest.raises(UnreadableImageError, match='empty.jpg') as e: next(iter(dl))
+    assert e.value.path is None and 'Caught UnreadableImageError in DataLoader worker' in str(e.value)
 
 def test_bad_files_skipped_with_warning(bad_dir):
     with pytest.warns(UserWarning) as rec:
