@@ -4,12 +4,13 @@
 __all__ = ['TEST', 'test_fail', 'test', 'equals', 'test_eq', 'test_ne', 'to_float64', 'near', 'test_near', 'test_close',
            'reexport', 'cpu_model', 'n_cores', 'hardware_info', 'find_settings', 'nb_auto_export', 'os', 'sys', 're',
            'math', 'time', 'json', 'operator', 'gzip', 'pickle', 'shutil', 'tempfile', 'hashlib', 'warnings',
-           'platform', 'importlib', 'Path', 'partial', 'np', 'mpl', 'plt', 'torch', 'tensor']
+           'platform', 'importlib', 'Path', 'partial', 'SimpleNamespace', 'np', 'mpl', 'plt', 'torch', 'tensor']
 
 # %% ../nbs/00_exports.ipynb #6b636384
 import os, sys, re, math, time, json, operator, gzip, pickle, shutil, tempfile, hashlib, warnings, platform, importlib
 from pathlib import Path
 from functools import partial
+from types import SimpleNamespace
 import numpy as np
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -17,7 +18,7 @@ import torch
 from torch import tensor
 
 _all_ = ['os', 'sys', 're', 'math', 'time', 'json', 'operator', 'gzip', 'pickle', 'shutil', 'tempfile', 'hashlib',
-         'warnings', 'platform', 'importlib', 'Path', 'partial', 'np', 'mpl', 'plt', 'torch', 'tensor']
+         'warnings', 'platform', 'importlib', 'Path', 'partial', 'SimpleNamespace', 'np', 'mpl', 'plt', 'torch', 'tensor']
 
 # %% ../nbs/00_exports.ipynb #034b9a64
 def test_fail(f, msg='', contains='', args=None, kwargs=None):

@@ -238,9 +238,11 @@ class CheckpointCallback(Callback):
 
 # %% ../nbs/05a_checkpoints.ipynb #96c19fcc
 def cannot_create(out, e, where):
-    "The OSError (same errno) for a run folder `out` that cannot be created in `where`: names both and the fix."
-    return OSError(e.errno, f"run folder {str(out)!r} cannot be created: {where} is not a folder you can write to "
-                            f"({e.strerror or e}); choose a run folder in a folder you can write to")
+    "The OSError (same errno) for a run folder `out` that cannot be created in `where`: names both and the fix; `.arg` is 'out'."
+    err = OSError(e.errno, f"run folder {str(out)!r} cannot be created: {where} is not a folder you can write to "
+                           f"({e.strerror or e}); choose a run folder in a folder you can write to")
+    err.arg = 'out'                            # the argument to change: the command line names its flag
+    return err
 
 def check_run_dir(out):
     "Raise `ArgError` for `out` if it exists and is not an empty folder, an OSError naming it if it cannot be created."

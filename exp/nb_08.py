@@ -2,11 +2,11 @@
 
 # %% auto #0
 __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'norm_imagenette', 'setify', 'get_files', 'compose',
-           'ItemList', 'UnreadableImageError', 'open_image', 'image_error', 'drop_unreadable', 'ImageList', 'Transform',
-           'make_rgb', 'ResizeFixed', 'to_byte_tensor', 'to_float_tensor', 'show_image', 'show_batch',
-           'grandparent_splitter', 'split_by_func', 'SplitData', 'uniqueify', 'Processor', 'CategoryProcessor',
-           'parent_labeler', 'LabeledData', 'label_by_func', 'default_num_workers', 'databunchify', 'normalize_chan',
-           'PIL']
+           'ItemList', 'ImageFolderError', 'UnreadableImageError', 'open_image', 'image_error', 'drop_unreadable',
+           'ImageList', 'Transform', 'make_rgb', 'ResizeFixed', 'to_byte_tensor', 'to_float_tensor', 'show_image',
+           'show_batch', 'grandparent_splitter', 'split_by_func', 'SplitData', 'uniqueify', 'Processor',
+           'CategoryProcessor', 'parent_labeler', 'LabeledData', 'label_by_func', 'default_num_workers', 'databunchify',
+           'normalize_chan', 'PIL']
 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
 from .nb_07 import *
@@ -97,6 +97,9 @@ class ItemList(ListContainer):
         except ValueError: return o
 
 # %% ../nbs/08_data_block.ipynb #98f1cd0c
+class ImageFolderError(FileNotFoundError):
+    "A data folder that is missing or not laid out as train/<class>/*, val/<class>/*; the message says what to fix."
+
 class UnreadableImageError(ValueError):
     "An image file that exists but does not decode: `.path` is the file, `.reason` what the decoder said."
     def __init__(self, path, reason=None):

@@ -324,20 +324,20 @@ def has_image(folder):
 def check_image_folder(path):
     "Raise a clear error unless `path` is an ImageNet-style folder: train/ and val/ each holding one folder of images per class."
     path = Path(path)
-    if not path.is_dir(): raise FileNotFoundError(f"data folder {str(path)!r} does not exist: `path` must be a folder with train/ and val/ subfolders")
+    if not path.is_dir(): raise ImageFolderError(f"data folder {str(path)!r} does not exist: `path` must be a folder with train/ and val/ subfolders")
     for sub in ('train', 'val'):
         if not (path / sub).is_dir():
-            raise FileNotFoundError(f"data folder {str(path)!r} has no {sub}/ subfolder: expected {path}/train/<class>/*.jpg and {path}/val/<class>/*.jpg")
+            raise ImageFolderError(f"data folder {str(path)!r} has no {sub}/ subfolder: expected {path}/train/<class>/*.jpg and {path}/val/<class>/*.jpg")
         if not class_folders(path / sub):
-            raise FileNotFoundError(f"{path / sub} holds no class folders: expected {path / sub}/<class>/<image files>")
+            raise ImageFolderError(f"{path / sub} holds no class folders: expected {path / sub}/<class>/<image files>")
     empty = [d for d in class_folders(path / 'train') if not has_image(d)]
     if empty:  # an empty class folder would silently drop the class: stop and name it
-        raise FileNotFoundError(f"class folder(s) {', '.join(map(str, empty[:5]))} hold no image files ({' '.join(sorted(image_extensions))}): every class "
+        raise ImageFolderError(f"class folder(s) {', '.join(map(str, empty[:5]))} hold no image files ({' '.join(sorted(image_extensions))}): every class "
                                 "needs training images. Put the class's images there, or delete the folder (and its val/ twin) "
                                 "to train without that class")
     orphans = sorted({d.name for d in class_folders(path / 'val')} - {d.name for d in class_folders(path / 'train')})
     if orphans:  # a class the model never trains on cannot be predicted: say which and what to do
-        raise FileNotFoundError(f"{path / 'val'} has class folder(s) {', '.join(orphans[:5])} with no twin in {path / 'train'}: "
+        raise ImageFolderError(f"{path / 'val'} has class folder(s) {', '.join(orphans[:5])} with no twin in {path / 'train'}: "
                                 "every validation class needs training images. Add train/<class> folders, or remove those from val/")
     for d in class_folders(path / 'val'):
         if not has_image(d): warnings.warn(f"validation class folder {d} holds no image files: accuracy on {d.name!r} will not be measured")

@@ -15,7 +15,6 @@ __all__ = ['norm_types', 'ARCHS', 'OPTS', 'ACTS', 'SCHEDULES', 'TRICKS', 'DRAFT'
 from .nb_09a import *
 reexport(globals(), 'exp.nb_09a')   # pass on every name from notebooks 00 to 09a (the draft itself needs only exp.nb_09)
 import datetime, PIL.Image
-from types import SimpleNamespace
 
 # %% ../nbs/10_bag_of_tricks.ipynb #7ab78c1e
 def prev_pow_2(x):
@@ -541,7 +540,7 @@ MODEL_KEYS = ('state_dict', 'vocab', 'arch', 'size', 'mean', 'std')   # what exp
 def read_model_file(p):
     "torch.load (weights_only) a model.pt written by `train`, with errors that name the file, the problem and the fix."
     p, fix = Path(p), "pass a run folder that `train` wrote (or train again)"
-    if not p.is_file(): raise ArgError('run_dir', str(p.parent if p.name == 'model.pt' else p), f"has no {p.name}: pass a run folder that `train` wrote (it holds model.pt)")
+    if not p.is_file(): raise ArgError('run_dir', str(p), "not found: pass a run folder that `train` wrote (it holds model.pt)")
     try: info = torch.load(p, map_location='cpu', weights_only=True)
     except Exception as e:
         raise ArgError('run_dir', str(p), f"could not be read ({type(e).__name__}: {str(e)[:150]}): it is truncated, damaged or not a "
@@ -610,12 +609,12 @@ def resume_cli(p, run_dir, given):
     "exp-train --resume: refuse typed options that contradict the stopped run, then continue it with the free ones."
     config, _ = resume_config(run_dir)
     bad = resume_conflicts(TrainOptions, given, config.get('args') or {})
+    fs = fields_of(TrainOptions)
     if bad:
-        fs = fields_of(TrainOptions)
         p.error(f"argument --resume: {', '.join(f'{flag_of(fs[k])} {v}' for k, v, _ in bad)} conflict(s) with the run's "
                 f"saved settings ({', '.join(f'{k}={s!r}' for k, _, s in bad)}); --resume continues a run exactly as it "
                 "was started: drop them, or start a new run with --out")
-    return resume_train(run_dir, **{k: v for k, v in given.items() if k in fields_of(TrainOptions)})
+    return resume_train(run_dir, **{k: v for k, v in given.items() if k in fs and fs[k].metadata['on_resume'] == 'free'})
 
 def main(argv=None):
     "Entry point of `exp-train` (and `python -m exp.nb_10`, also under torchrun)."

@@ -62,7 +62,7 @@ def main(argv=None):
         for e in range(1, a.epochs): rows.append(('fast path', e + 1, epoch_speed(fast, device)))
     finally: shutil.rmtree(tmp)
     base = sum(r[2] for r in rows if r[0].startswith('per-item')) / a.epochs
-    print(f'\n| path | epoch | img/s | vs per-item (mean) |\n| --- | --- | --- | --- |')
+    print('\n| path | epoch | img/s | vs per-item (mean) |\n| --- | --- | --- | --- |')
     for name, e, s in rows: print(f'| {name} | {e} | {s:,.0f} | {s / base:.1f}x |')
     return rows
 

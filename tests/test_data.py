@@ -4,7 +4,7 @@ Everything runs against an HTTP server on 127.0.0.1 (ephemeral port, in a thread
 touches any other address. The real files come from the shared data folder beside the checkout (../shared/data).
 Also the pieces of nb_00a that the rest of the library shares: the atomic writer, the file lock, ArgError.
 """
-import errno, gzip, hashlib, http.server, io, os, pickle, re, signal, socket, struct, subprocess, sys, tarfile, threading, time
+import errno, gzip, hashlib, os, pickle, re, signal, struct, subprocess, sys, tarfile, threading, time
 from pathlib import Path
 
 import numpy as np
@@ -16,91 +16,13 @@ from exp.nb_00a import (URLs, KNOWN_SHA256, ArchiveError, ArgError, ChecksumErro
                         data_mirror, default_data_path, download_data, file_lock, file_sha256, load_fashion_mnist, read_idx,
                         untar_data, url_fname)
 
-SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
-FM = SHARED / 'fashion-mnist'
+from conftest import SHARED, FM, closed_port, leftovers, make_tar
 needs_shared = pytest.mark.skipif(not FM.is_dir(), reason=f'shared data folder {SHARED} not present')
 LABELS = 't10k-labels-idx1-ubyte.gz'   # a small real file (5 kB) with a known sha256
 
 
-# ---------------------------------------------------------------- fixtures: env, server, helpers
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    "Every test gets its own data folder, no mirror, and a public Fashion-MNIST URL that cannot reach the internet."
-    monkeypatch.setenv('EXP_DATA', str(tmp_path / 'data'))
-    monkeypatch.delenv('EXP_DATA_MIRROR', raising=False)
-    monkeypatch.setattr(nb00a.URLs, 'FASHION_MNIST', f'http://127.0.0.1:{closed_port()}/fashion-mnist/')
-    monkeypatch.setattr(nb00a, 'FMNIST_SYSTEM_PATH', tmp_path / 'no-system-copy')
-
-
-def closed_port():
-    "A local port with nothing listening."
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    "Serves files of `root`; honours `Range: bytes=N-` unless told otherwise; can cut a transfer short."
-    root, log, truncate, ignore_range = None, None, None, None
-    no_length = ()                                                      # names sent without a Content-Length header
-
-    def log_message(self, *args): pass
-
-    def do_GET(self):
-        name = self.path.lstrip('/')
-        self.log.append((name, self.headers.get('Range')))
-        f = Path(self.root) / name
-        if not f.is_file(): return self.send_error(404)
-        data, start = f.read_bytes(), 0
-        m = re.fullmatch(r'bytes=(\d+)-', self.headers.get('Range') or '')
-        if m and name not in self.ignore_range:
-            start = int(m[1])
-            if start >= len(data): return self.send_error(416)
-            self.send_response(206)
-            self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
-        else: self.send_response(200)
-        if name not in self.no_length: self.send_header('Content-Length', str(len(data) - start))   # the full length, even when we cut short
-        self.end_headers()
-        body = data[start:]
-        if name in self.truncate: body = body[:len(body) // 2]          # then the connection closes
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server(tmp_path):
-    "A 127.0.0.1 server over a tmp folder holding links to the shared files; yields (base_url, folder, handler)."
-    root = tmp_path / 'site'
-    (root / 'fashion-mnist').mkdir(parents=True)
-    if FM.is_dir():
-        for f in FM.iterdir(): (root / 'fashion-mnist' / f.name).symlink_to(f)
-    h = type('H', (Handler,), dict(root=str(root), log=[], truncate=set(), ignore_range=set()))
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try: yield f'http://127.0.0.1:{srv.server_address[1]}/', root, h
-    finally:
-        srv.shutdown(); srv.server_close()
-
-
-def make_tar(fname, members):
-    "Write a .tgz: (name, bytes) for files, (name, '->x') symlink, (name, '=>x') hardlink, (name, 'dev') device."
-    with tarfile.open(fname, 'w:gz') as tf:
-        for name, content in members:
-            ti, data = tarfile.TarInfo(name), None
-            if content == 'dev': ti.type = tarfile.CHRTYPE
-            elif isinstance(content, str):
-                ti.type = tarfile.SYMTYPE if content.startswith('->') else tarfile.LNKTYPE
-                ti.linkname = content[2:]
-            else: ti.size, data = len(content), io.BytesIO(content)
-            tf.addfile(ti, data)
-    return Path(fname)
-
-
-def leftovers(folder):
-    "Temporary or partial files left in `folder` (must be none after any failure)."
-    folder = Path(folder)
-    if not folder.exists(): return []
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(('.tmp', '.part')) or '.old-' in p.name)
-
+# ---------------------------------------------------------------- fixtures (conftest.py): isolated, server; helpers
+pytestmark = pytest.mark.usefixtures('isolated')
 
 def sha(b): return hashlib.sha256(b).hexdigest()
 

@@ -16,11 +16,8 @@ from exp.nb_08 import (image_extensions, setify, get_files, compose, ItemList, I
                        LabeledData, normalize_chan, imagenette_stats, norm_imagenette, show_image,
                        show_batch, open_image, default_num_workers, UnreadableImageError)
 
-def jpeg_bytes(size=(24, 16), color=(200, 30, 60)):
-    "A small valid JPEG file's bytes, with some texture so it is not trivially short."
-    a = np.zeros((size[1], size[0], 3), np.uint8); a[...] = color
-    a[::2, ::3] = 255 - a[::2, ::3]
-    buf = io.BytesIO(); PIL.Image.fromarray(a).save(buf, format='JPEG', quality=90); return buf.getvalue()
+from conftest import jpeg_bytes
+
 
 def pixel(im): return make_rgb(im).getpixel((0, 0))
 

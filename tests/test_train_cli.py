@@ -108,7 +108,7 @@ def test_predict(run_dir, folder):
     from exp.nb_10 import ArgError
     with pytest.raises(ArgError, match='missing.jpg') as e: predict([folder / 'missing.jpg'], run_dir)
     assert e.value.arg == 'paths'
-    with pytest.raises(ArgError, match='has no model.pt') as e: predict(imgs, folder)
+    with pytest.raises(ArgError, match='model.pt.: not found') as e: predict(imgs, folder)
     assert e.value.arg == 'run_dir'
 
 
@@ -187,7 +187,7 @@ def _cli_error(capsys, argv):
     (['--tricks', 'mixup,dropout'], "argument --tricks: unknown trick(s) 'dropout': choose from bcd"),
     (['--arch', 'vgg16'], "argument --arch: invalid choice: 'vgg16'"),
     (['--opt', 'adam'], "argument --opt: invalid choice: 'adam'"),
-    (['--device', 'tpu'], "argument --device: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (got tpu)"),
+    (['--device', 'tpu'], "argument --device: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got tpu"),
     (['--act', 'gelu'], 'argument --act: invalid choice'),
     (['--schedule', 'step'], 'argument --schedule: invalid choice'),
     (['--arch', 'draft-cnn', '--act', 'mish'], "argument --act: applies to the xresnets; the draft CNN keeps its ReLU (got mish)"),
