@@ -353,9 +353,7 @@ def label_by_func(sd, f, proc_x=None, proc_y=None):
 # %% ../nbs/08_data_block.ipynb #f9028928
 def default_num_workers():
     "DataLoader workers used by default: the CPUs this process may run on, at most 8."
-    try: n = len(os.sched_getaffinity(0))
-    except AttributeError: n = os.cpu_count() or 1
-    return min(8, n)
+    return min(8, n_cores())                    # n_cores: notebook 00 (the process's CPU affinity)
 
 def _n_classes(ld):
     "Size of the vocabulary of `ld`'s target processor, or None."
