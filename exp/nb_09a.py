@@ -6,14 +6,14 @@ __all__ = ['option', 'positive', 'non_negative', 'seed_error', 'device_unavailab
            'fields_of', 'given_options', 'resume_conflicts', 'cli_call', 'argparse', 'dataclass', 'field', 'fields',
            'asdict', 'replace', 'MISSING']
 
-# %% ../nbs/09a_run_options.ipynb #87fb79b8
+# %% ../nbs/09a_run_options.ipynb #a6916745
 from .nb_09 import *
 reexport(globals(), 'exp.nb_09')   # pass on every name of the chapters before
 import argparse, copy, numbers
 from dataclasses import dataclass, field, fields, asdict, replace, MISSING
 _all_ = ['argparse', 'dataclass', 'field', 'fields', 'asdict', 'replace', 'MISSING']
 
-# %% ../nbs/09a_run_options.ipynb #0eff2b6e
+# %% ../nbs/09a_run_options.ipynb #8ca75842
 def option(default, help, kind=None, check=None, choices=None, on_resume='fixed', flag=None, before=MISSING, same=None):
     "A dataclass field for a run option: default, help text, Python type, validity check, what `--resume` allows ('fixed', 'free' or 'no'), and its value in runs saved `before` it existed."
     meta = dict(help=help, kind=kind or type(default), check=check, choices=choices, on_resume=on_resume, flag=flag,
@@ -45,7 +45,7 @@ def same_path(a, b):
     "True when paths `a` and `b` name the same place (a typed relative path and a saved absolute one)."
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
-# %% ../nbs/09a_run_options.ipynb #d846a8c9
+# %% ../nbs/09a_run_options.ipynb #4b309406
 def kind_name(kind):
     "How an option's type reads in an error: 'an int', 'a number', 'a path', ..."
     return {int: 'an int', float: 'a number', bool: 'True or False', str: 'a string', Path: 'a path'}.get(kind, kind.__name__)
@@ -76,7 +76,7 @@ class Options:
     def __post_init__(self):
         for f in fields(self): setattr(self, f.name, check_option(f, getattr(self, f.name)))
 
-# %% ../nbs/09a_run_options.ipynb #f1290536
+# %% ../nbs/09a_run_options.ipynb #f45d26e0
 def flag_of(f):
     "The command-line flag of option field `f`: its own `flag`, else --name with dashes."
     return f.metadata['flag'] or '--' + f.name.replace('_', '-')
@@ -106,7 +106,7 @@ def options_parser(cls, **kwargs):
                        type=str if m['choices'] else cli_type(f), metavar=None if m['choices'] else f.name.upper())
     return p
 
-# %% ../nbs/09a_run_options.ipynb #28194177
+# %% ../nbs/09a_run_options.ipynb #4c7c281b
 def saved_options(o):
     "The options of `o` that define the run (on_resume='fixed'), as JSON values: config.json's 'args'."
     return {f.name: (str(v) if isinstance(v := getattr(o, f.name), Path) else v)
@@ -143,7 +143,7 @@ def resume_conflicts(cls, given, saved):
         if m['on_resume'] == 'no' or not same(v, s): bad.append((k, v, s))
     return bad
 
-# %% ../nbs/09a_run_options.ipynb #88ffc3ea
+# %% ../nbs/09a_run_options.ipynb #237c628f
 def cli_call(parser, f, flags=None):
     "Run `f()` for a command-line tool: the library's typed errors become one-line messages (exit 2 for a bad option, 1 otherwise, 130 on Ctrl-C); an OSError with an `.arg` is a bad option too."
     flags = flags or {}
