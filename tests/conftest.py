@@ -158,3 +158,8 @@ def jpeg_bytes(size=(24, 16), color=(200, 30, 60)):
     a = np.zeros((size[1], size[0], 3), np.uint8); a[...] = color
     a[::2, ::3] = 255 - a[::2, ::3]
     buf = io.BytesIO(); PIL.Image.fromarray(a).save(buf, format='JPEG', quality=90); return buf.getvalue()
+
+
+def pytest_configure(config):
+    "pytest resets warning filters per test: keep silencing torchvision's decoder deprecation, as exp.nb_08a does at import."
+    config.addinivalue_line('filterwarnings', 'ignore:The image decoding and encoding capabilities of TorchVision are deprecated:DeprecationWarning')
