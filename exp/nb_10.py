@@ -266,9 +266,9 @@ ACTS = {'relu': GeneralRelu, 'mish': nn.Mish}   # activation of the xresnets
 SCHEDULES = ('auto', 'flat-cos')
 
 def check_act(arch, act):
-    "Raise a ValueError unless `act` is one of ACTS and `arch` can use it (the draft CNN keeps its ReLU)."
-    if act not in ACTS: raise ValueError(f"unknown act {act!r}: choose one of {', '.join(ACTS)}")
-    if arch == 'draft-cnn' and act != 'relu': raise ValueError(f"act={act!r} applies to the xresnets; the draft CNN keeps its ReLU")
+    "Raise ArgError for `act` unless it is one of ACTS and `arch` can use it (the draft CNN keeps its ReLU)."
+    if act not in ACTS: raise ArgError('act', act, f"unknown act: choose one of {', '.join(ACTS)}")
+    if arch == 'draft-cnn' and act != 'relu': raise ArgError('act', act, 'applies to the xresnets; the draft CNN keeps its ReLU')
 
 # %% ../nbs/10_bag_of_tricks.ipynb #a1fb0f63
 TRICKS = ('bcd', 'zero_gamma', 'no_bias_decay', 'warmup_cosine', 'label_smoothing', 'mixup', 'mixed_precision', 'channels_last')
@@ -444,8 +444,7 @@ class TrainOptions(Options):
 
 # %% ../nbs/10_bag_of_tricks.ipynb #6d01c25d
 def recipe(o, pipeline):
-    "The TrickConfig of options `o`: the bag (with the draft's optimiser for draft-cnn, fastai's for ranger), `o.lr` if given."
-    if o.arch == 'draft-cnn' and o.act != 'relu': raise ArgError('act', o.act, 'applies to the xresnets; the draft CNN keeps its ReLU')
+    "The TrickConfig of options `o`: the bag (with the draft's optimiser for draft-cnn, fastai's for ranger), `o.lr` if given; ArgError names a bad combination."
     if o.crop != 'square' and pipeline != 'fast':
         raise ArgError('crop', o.crop, f"chooses where the fast pipeline's random crops come from; the {pipeline} pipeline has none")
     cfg = replace(BAG, arch=o.arch).with_tricks(o.tricks)
@@ -521,17 +520,18 @@ def fit_run(data, o, cfg, dev, resume=None, cbs=None):
     return out
 
 def resumed_options(run_dir, **free):
-    "The options and checkpoint path of the stopped run in `run_dir` (config.json's 'args' plus the `free` options given)."
+    "The options, checkpoint path and saved 'args' of the stopped run in `run_dir` (config.json's 'args' plus the `free` options given)."
     config, ck_path = resume_config(run_dir)
-    o = options_from_saved(TrainOptions, config.get('args'), **free)
+    saved = config.get('args')
+    o = options_from_saved(TrainOptions, saved, **free)
     if not o.data.is_dir():
         raise RunSetupError(f"the run's data folder {o.data} (in {Path(run_dir) / 'config.json'}) does not exist any more: "
                             "move it back there, or edit args.data in config.json to its new place, then resume")
-    return replace(o, out=Path(run_dir)), ck_path
+    return replace(o, out=Path(run_dir)), ck_path, saved
 
 def resume_train(run_dir, cbs=None, **free):
     "Continue the run in `run_dir` from its checkpoint with its saved options; `free` may set device, workers, progress, cache_dir, compile_model."
-    o, ck_path = resumed_options(run_dir, **free)
+    o, ck_path, _ = resumed_options(run_dir, **free)
     return train(opts=o, cbs=cbs, resume=ck_path)
 
 # %% ../nbs/10_bag_of_tricks.ipynb #00213e97
@@ -607,14 +607,14 @@ def cli_flags():
 
 def resume_cli(p, run_dir, given):
     "exp-train --resume: refuse typed options that contradict the stopped run, then continue it with the free ones."
-    config, _ = resume_config(run_dir)
-    bad = resume_conflicts(TrainOptions, given, config.get('args') or {})
     fs = fields_of(TrainOptions)
+    o, ck_path, saved = resumed_options(run_dir, **{k: v for k, v in given.items() if k in fs and fs[k].metadata['on_resume'] == 'free'})
+    bad = resume_conflicts(TrainOptions, given, saved)
     if bad:
         p.error(f"argument --resume: {', '.join(f'{flag_of(fs[k])} {v}' for k, v, _ in bad)} conflict(s) with the run's "
                 f"saved settings ({', '.join(f'{k}={s!r}' for k, _, s in bad)}); --resume continues a run exactly as it "
                 "was started: drop them, or start a new run with --out")
-    return resume_train(run_dir, **{k: v for k, v in given.items() if k in fs and fs[k].metadata['on_resume'] == 'free'})
+    return train(opts=o, resume=ck_path)
 
 def main(argv=None):
     "Entry point of `exp-train` (and `python -m exp.nb_10`, also under torchrun)."
