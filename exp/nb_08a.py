@@ -4,7 +4,7 @@
 __all__ = ['DECODERS', 'CACHE_DECODER', 'PIPELINES', 'IMAGENETTE_CLASSES', 'STATS', 'subset_per_class', 'image_tfms',
            'center_square', 'CenterSquare', 'decode_rgb', 'decode_square', 'decode_whole', 'image_aspects',
            'decode_args', 'source_fingerprint', 'decode_all', 'cached_images', 'random_crop_params', 'crop_theta',
-           'crop_grid', 'batch_random_resized_crop', 'batch_resize', 'fits_on_device', 'LoaderItems',
+           'crop_grid', 'batch_random_resized_crop', 'batch_center_crop', 'fits_on_device', 'LoaderItems',
            'TensorBatchLoader', 'split_cache_file', 'fast_databunch', 'AsyncNaNCheck', 'class_folders', 'has_image',
            'check_image_folder', 'resolve_pipeline', 'image_stats', 'resolve_stats', 'folder_databunch']
 
@@ -34,19 +34,19 @@ def image_tfms(size):
     return [make_rgb, ResizeFixed(size), to_byte_tensor, to_float_tensor]
 
 # %% ../nbs/08a_fast_pipeline.ipynb #0ff6934b
-def center_square(im, size):
-    "PIL image `im` with its short side resized to `size` (bilinear, antialiased) and the centre `size`×`size` square cut out."
-    w, h = im.size; s = size / min(w, h)
+def center_square(im, size, zoom=1.):
+    "PIL image `im` with its short side resized to `zoom`×`size` (bilinear, antialiased) and the centre `size`×`size` square cut out."
+    w, h = im.size; s = round(size * zoom) / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     im = im.resize((nw, nh), PIL.Image.Resampling.BILINEAR)
     l, t = (nw - size) // 2, (nh - size) // 2
     return im.crop((l, t, l + size, t + size))
 
 class CenterSquare(Transform):
-    "Per-item transform: resize the short side to `size` and centre-crop a square (the fast path's cache geometry)."
+    "Per-item transform: resize the short side to `zoom`×`size` and centre-crop a `size` square (the fast path's validation images)."
     order = 10
-    def __init__(self, size): self.size = size
-    def __call__(self, im): return center_square(im, self.size)
+    def __init__(self, size, zoom=1.): self.size, self.zoom = size, zoom
+    def __call__(self, im): return center_square(im, self.size, self.zoom)
     def __repr__(self): return f'{type(self).__name__}({self.size})'
 
 # %% ../nbs/08a_fast_pipeline.ipynb #a0bfbce1
@@ -159,10 +159,10 @@ def batch_random_resized_crop(x, size, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=
     grid = crop_grid(w, h, cx, cy, size, fl).to(x.dtype)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
-def batch_resize(x, size):
-    "Resize a float batch (n, c, H, W) to (n, c, size, size), antialiased: the validation path (x itself when already that size)."
-    if tuple(x.shape[-2:]) == (size, size): return x
-    return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+def batch_center_crop(x, size):
+    "The centre (n, c, size, size) of a batch (n, c, H, W) with H, W >= size, as a new tensor: the validation path (x itself when already that size)."
+    t, l = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x if (x.shape[-2], x.shape[-1]) == (size, size) else x[..., t:t + size, l:l + size].contiguous()
 
 # %% ../nbs/08a_fast_pipeline.ipynb #bb864bd8
 def fits_on_device(x, device, frac=0.5):
@@ -226,8 +226,8 @@ class TensorBatchLoader(TensorBatchLoader):
         idx_dev = idx.to(self.device) if idx_dev is None else idx_dev
         xf, aspect = self.float_batch(idx), None if self.aspect is None else self.aspect[idx_dev]
         if self.train: xb = batch_random_resized_crop(xf, self.size, self.crop_scale, generator=self.aug_gen, aspect=aspect)
-        else: xb = batch_resize(xf, self.size)
-        if xb is xf: self._buf = None                                  # no resize needed: the buffer becomes this batch
+        else: xb = batch_center_crop(xf, self.size)
+        if xb is xf: self._buf = None                                  # no crop needed: the buffer becomes this batch
         xb = xb.mul_(self.scale).sub_(self.shift)                                                    # to [0, 1], normalised
         if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, self.y[idx_dev]
@@ -253,8 +253,8 @@ def split_cache_file(il, split, size, cache_dir=None, geometry='square'):
     return folder / f"{split}-{size}px{'' if geometry == 'square' else '-' + geometry}-{key}.pt"
 
 def fast_databunch(sd, size, bs, cache_size=None, device=None, stats=imagenette_stats, cache_dir=None, num_workers=None,
-                   scale=(0.35, 1.), seed=None, channels_last=False, crop='square'):
-    "A DataBunch of `TensorBatchLoader`s over labelled SplitData `sd`: each image decoded once (training at `cache_size`, default 1.25 x size), batches augmented on `device`."
+                   scale=(0.35, 1.), seed=None, channels_last=False, crop='square', val_zoom=1.14):
+    "DataBunch of `TensorBatchLoader`s over labelled SplitData `sd`: images decoded once (training at `cache_size`, default 1.25 x size; validation at `val_zoom` x size, centre-cropped)."
     cache_size = cache_size or round(1.25 * size)    # crops lose less detail: a 35 % crop is upsampled 1.35x, not 1.7x
     device = torch.device(device) if device is not None else default_device()
     if crop not in DECODERS: raise ArgError('crop', crop, f"must be one of {', '.join(DECODERS)}")
@@ -262,7 +262,7 @@ def fast_databunch(sd, size, bs, cache_size=None, device=None, stats=imagenette_
     dls = []
     for split, ld in (('train', sd.train), ('valid', sd.valid)):
         geometry = crop if split == 'train' else 'square'     # validation: the centre square ...
-        cs = cache_size if split == 'train' else size          # ... at the training size, what `predict` feeds the model
+        cs = cache_size if split == 'train' else round(val_zoom * size)   # ... zoomed, its centre what `predict` feeds the model
         x = cached_images(ld.x.items, cs, split_cache_file(ld.x, split, cs, cache_dir, geometry), num_workers, geometry)
         if fits_on_device(x, device): x = x.to(device)
         y = torch.as_tensor(list(ld.y.items), dtype=torch.long)
@@ -270,7 +270,8 @@ def fast_databunch(sd, size, bs, cache_size=None, device=None, stats=imagenette_
                                      mean=mean, std=std, scale=scale, seed=seed, channels_last=channels_last,
                                      aspect=image_aspects(ld.x.items) if geometry == 'whole' else None))
     vocabs = [p.vocab for p in listify(getattr(sd.train, 'proc_y', None)) if getattr(p, 'vocab', None) is not None]
-    return DataBunch(*dls, c_in=3, c_out=len(vocabs[0]) if vocabs else len(uniqueify(sd.train.y.items)))
+    data = DataBunch(*dls, c_in=3, c_out=len(vocabs[0]) if vocabs else len(uniqueify(sd.train.y.items)))
+    data.val_zoom = val_zoom; return data
 
 # %% ../nbs/08a_fast_pipeline.ipynb #6f100718
 class AsyncNaNCheck(TerminateOnNaNCallback):

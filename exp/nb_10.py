@@ -492,11 +492,11 @@ def run_config(data, o, cfg, dev):
                 args=saved_options(o))
 
 def save_model(learn, data, cfg, o, path):
-    "model.pt: the weights (CPU tensors) and what `predict` needs: class names, arch, bcd, act, size, statistics, pipeline."
+    "model.pt: the weights (CPU tensors) and what `predict` needs: class names, arch, bcd, act, size, statistics, pipeline, val_zoom."
     mean, std = data.stats                                               # what the batches were normalised with
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(learn.model).state_dict().items()}
     return atomic_save(dict(state_dict=state, vocab=list(data.vocab), arch=cfg.arch, bcd=cfg.bcd, act=cfg.act, size=o.size,
-                            mean=mean, std=std, pipeline=o.pipeline), path)
+                            mean=mean, std=std, pipeline=o.pipeline, val_zoom=getattr(data, 'val_zoom', 1.)), path)
 
 def fit_run(data, o, cfg, dev, resume=None, cbs=None):
     "The body of `train` once the data is loaded and the run folder `o.out` exists: config.json, fit, model.pt and plot."
@@ -568,8 +568,8 @@ def load_run(run_dir, device='cpu'):
     return model.to(device).eval(), info
 
 def predict_tfms(info):
-    "Item transforms that match a saved run's validation images: centre squares (fast pipeline) or the draft's squash (per-item)."
-    if info.get('pipeline') == 'fast': return [make_rgb, CenterSquare(info['size']), to_byte_tensor, to_float_tensor]
+    "Item transforms that match a saved run's validation images: zoomed centre squares (fast pipeline) or the draft's squash (per-item)."
+    if info.get('pipeline') == 'fast': return [make_rgb, CenterSquare(info['size'], info.get('val_zoom', 1.)), to_byte_tensor, to_float_tensor]
     return image_tfms(info['size'])
 
 def predict(paths, run_dir, device='cpu', bs=64):
