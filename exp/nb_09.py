@@ -8,8 +8,8 @@ __all__ = ['hyper_rules', 'torch_names', 'sgd_step', 'weight_decay', 'l2_reg', '
            'lamb', 'radam_step', 'SlowWeights', 'lookahead_step', 'ranger', 'Lookahead']
 
 # %% ../nbs/09_optimizers.ipynb #d1705b40
-from .nb_08a import *
-reexport(globals(), 'exp.nb_08a')   # pass on every name from notebooks 00 to 08
+from .nb_08b import *
+reexport(globals(), 'exp.nb_08b')   # pass on every name from notebooks 00 to 08
 import numbers, difflib
 from collections.abc import MutableMapping
 

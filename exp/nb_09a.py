@@ -157,6 +157,7 @@ def cli_call(parser, f, flags=None):
     except TrainingDiverged as e:
         parser.exit(1, f"{parser.prog}: error: training diverged: loss is {e.value} at epoch {e.epoch}, batch {e.batch}. "
                        f"Lower {flags.get('lr', 'the learning rate')} (or check the images)\n")
+    except BadImagesError as e: parser.exit(1, f"{parser.prog}: error: {e.describe(flags.get('skip_bad', 'skip_bad=True'))}\n")
     except UnreadableImageError as e:
         if e.path is None: parser.exit(1, f"{parser.prog}: error: {e}\n")   # raised again by a DataLoader worker: its text
         parser.exit(1, f"{parser.prog}: error: cannot read the image file {e.path} ({e.reason}). Delete it, or replace it "

@@ -8,9 +8,12 @@ processes, then normalisation on the device — every epoch decodes every image 
 Fast path: `fast_databunch` — each image decoded once into a uint8 cache (epoch 1 pays for that), then random resized
 crop, flip and normalisation on whole batches on the device. Both paths are timed to the point where a batch sits on the
 device, ready for the model (CUDA is synchronised before each clock read). Prints a table; asserts nothing.
+A second table compares the two caches in one run: notebook 08a's in-memory cache (`fast_databunch`: decoded into RAM,
+saved with torch.save) and notebook 08b's memory-mapped cache (`mapped_databunch`: written image by image, batches
+gathered from the map): build img/s and epoch img/s of each, and the ratio memory-mapped / in-memory.
 """
 import argparse, shutil, tempfile, time
-from exp.nb_08a import *
+from exp.nb_08b import *
 
 
 def sync(device):
@@ -60,11 +63,28 @@ def main(argv=None):
         first = epoch_speed(fast, device)
         rows.append(('fast path (decode + cache + epoch)', 1, n / (build + n / first)))
         for e in range(1, a.epochs): rows.append(('fast path', e + 1, epoch_speed(fast, device)))
+        caches = cache_speeds(ll, a, device, workers, tmp)
     finally: shutil.rmtree(tmp)
     base = sum(r[2] for r in rows if r[0].startswith('per-item')) / a.epochs
     print('\n| path | epoch | img/s | vs per-item (mean) |\n| --- | --- | --- | --- |')
     for name, e, s in rows: print(f'| {name} | {e} | {s:,.0f} | {s / base:.1f}x |')
-    return rows
+    (_, mb, me), (_, ib, ie) = caches
+    print('\n| cache | build img/s | epoch img/s |\n| --- | --- | --- |')
+    for name, b, e in caches: print(f'| {name} | {b:,.0f} | {e:,.0f} |')
+    print(f'| memory-mapped / in-memory | {mb / ib:.2f}x | {me / ie:.2f}x |')
+    return rows, caches
+
+
+def cache_speeds(ll, a, device, workers, tmp):
+    "(name, build img/s, later-epoch img/s) of the memory-mapped cache (nb 08b) and the in-memory cache (nb 08a), each built afresh."
+    out, n = [], len(ll.train)
+    for name, make in (('memory-mapped (08b)', mapped_databunch), ('in-memory (08a)', fast_databunch)):
+        t0 = time.perf_counter()
+        dl = make(ll, a.size, a.bs, cache_size=160, device=device, cache_dir=tmp / name[:2], num_workers=workers, seed=0).train_dl
+        build = n / (time.perf_counter() - t0)
+        epoch_speed(dl, device)                                      # the first pass reads the map's pages in
+        out.append((name, build, epoch_speed(dl, device)))
+    return out
 
 
 if __name__ == '__main__': main()

@@ -11,8 +11,13 @@ def test_bench_runner_quick(capsys):
 
 
 def test_bench_pipeline_quick(capsys):
-    rows = bench_pipeline.main(['--quick', '--workers', '0'])
+    rows, caches = bench_pipeline.main(['--quick', '--workers', '0'])
     assert [(r[0], r[1]) for r in rows] == [('per-item DataLoader', 1), ('per-item DataLoader', 2),
                                             ('fast path (decode + cache + epoch)', 1), ('fast path', 2)]
     assert all(r[2] > 0 for r in rows)
-    assert '| fast path | 2 |' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '| fast path | 2 |' in out
+    # the cache table: build and epoch img/s of the memory-mapped (nb 08b) and the in-memory (nb 08a) cache, and their ratios
+    assert [c[0] for c in caches] == ['memory-mapped (08b)', 'in-memory (08a)'] and all(b > 0 and e > 0 for _, b, e in caches)
+    assert '| cache | build img/s | epoch img/s |' in out and '| memory-mapped / in-memory |' in out
+

@@ -681,3 +681,43 @@ def test_predict_refuses_huge_images_and_folders(run_a, tmp_path, monkeypatch, c
     with pytest.raises(UnreadableImageError, match=f"Cannot read image file '{img}': DecompressionBombError: Image size .* exceeds limit"): predict([img], run_a)
     with pytest.raises(SystemExit): predict_main([str(run_a), str(tmp_path)])
     assert f"argument images: is a folder, not an image file (got {tmp_path})" in capsys.readouterr().err
+
+
+# ======================================================================================= several unreadable images (nb 08b)
+def _folder_with_bad_files(root):
+    "make_folder plus four unreadable files in both splits: (folder, the bad paths)."
+    root = make_folder(root)
+    bad = [root / 'train' / 'ant' / 'empty.jpg', root / 'train' / 'bee' / 'text.png', root / 'train' / 'bee' / 'cut.jpg',
+           root / 'val' / 'ant' / 'notjpeg.jpg']
+    bad[0].write_bytes(b''); bad[1].write_bytes(b'plain text'); bad[2].write_bytes(jpeg_bytes()[:150]); bad[3].write_bytes(b'\x89PNG junk')
+    return root, bad
+
+
+def test_several_bad_images_one_error_then_skip(tmp_path):
+    "Every unreadable file in one BadImagesError (reasons, full list in a file); skip_bad=True trains without them and says which."
+    from exp.nb_10 import BadImagesError, verify_images, record_skipped
+    root, bad = _folder_with_bad_files(tmp_path / 'd')
+    assert sorted(p for p, _ in verify_images(get_files(root, recurse=True), num_workers=0)) == sorted(map(str, bad))
+    with pytest.raises(BadImagesError) as e:
+        folder_databunch(root, size=16, bs=2, num_workers=0, pipeline='fast', device='cpu', progress=False)
+    msg = str(e.value)
+    assert '4 image file(s) cannot be read' in msg and all(str(b) in msg for b in bad) and 'skip_bad=True' in msg
+    assert isinstance(e.value, UnreadableImageError) and str(e.value.report) in msg
+    assert sorted(l.split('\t')[0] for l in Path(e.value.report).read_text().splitlines()) == sorted(map(str, bad))
+    for pipeline in ('fast', 'per-item'):
+        data = folder_databunch(root, size=16, bs=2, num_workers=0, pipeline=pipeline, device='cpu', skip_bad=True, progress=False)
+        assert (data.n_train, data.n_valid) == (8, 4) and sorted(p for p, _ in data.skipped) == sorted(map(str, bad))
+        assert sum(len(yb) for _, yb in data.train_dl) == 8                   # only good images are served
+        run = record_skipped(tmp_path / pipeline, data)
+        assert sorted(l.split('\t')[0] for l in run.read_text().splitlines()) == sorted(map(str, bad))
+
+
+@pytest.mark.skipif('skip_bad' not in nb10.TrainOptions.__dataclass_fields__, reason='TrainOptions has no skip_bad option yet (notebook 10)')
+def test_train_skip_bad_records_skipped(tmp_path):
+    "train(skip_bad=True) on a folder with bad files: trains, and the run folder lists them in skipped.txt."
+    root, bad = _folder_with_bad_files(tmp_path / 'd')
+    out = tmp_path / 'run'
+    with pytest.raises(nb10.BadImagesError): train(root, out=out, **TRAIN_KW)
+    assert absent_or_empty(out)
+    assert train(root, out=out, skip_bad=True, **TRAIN_KW) == out
+    assert sorted(l.split('\t')[0] for l in (out / 'skipped.txt').read_text().splitlines()) == sorted(map(str, bad))

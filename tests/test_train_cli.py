@@ -72,7 +72,7 @@ def test_fastai_like_recipe(folder, tmp_path):
     r = json.loads((out / 'config.json').read_text())['recipe']
     assert (r['opt'], r['act'], r['schedule'], r['lr'], r['mixup']) == ('ranger', 'mish', 'flat-cos', 8e-3, 0.)
     assert json.loads((out / 'config.json').read_text())['args']['crop'] == 'whole'
-    names = sorted(f.name for f in (tmp_path / 'cache').glob('*.pt'))   # 32 px training size: train cached at 40 px, valid at 32
+    names = sorted(f.name for f in (tmp_path / 'cache').glob('*.u8'))   # 32 px training size: train cached at 40 px, valid at 32
     assert len(names) == 2 and names[0].startswith('train-40px-whole-') and names[1].startswith('valid-32px-') and 'whole' not in names[1]
     assert torch.load(out / 'model.pt', weights_only=True)['act'] == 'mish'
     model, info = load_run(out)
@@ -146,7 +146,7 @@ def test_pipeline_option(pipeline, folder, tmp_path):
     cfg = json.loads((out / 'config.json').read_text())
     assert cfg['pipeline'] == cfg['args']['pipeline'] == pipeline and (cfg['n_train'], cfg['n_valid']) == (24, 12)
     assert torch.load(out / 'model.pt', weights_only=True)['pipeline'] == pipeline
-    assert len(list(cache.glob('*.pt'))) == (2 if pipeline == 'fast' else 0)   # one cache file per split, in --cache-dir
+    assert len(list(cache.glob('*.u8'))) == (2 if pipeline == 'fast' else 0)   # one cache file per split, in --cache-dir
     assert 0 <= json.loads((out / 'metrics.json').read_text())[0]['valid_acc'] <= 1
 
 
@@ -283,7 +283,32 @@ def test_torchrun_two_processes(folder, tmp_path):
     cfg = json.loads((out / 'config.json').read_text())
     rows = json.loads((out / 'metrics.json').read_text())
     assert cfg['world_size'] == 2 and len(rows) == 2 and all(0 <= r['valid_acc'] <= 1 for r in rows)
-    assert cfg['pipeline'] == 'per-item'                                         # auto under torchrun: DataLoaders to shard
+    assert cfg['pipeline'] == 'fast'                                             # auto under torchrun: each rank reads its shard (nb 08b)
     from exp.nb_10 import read_checkpoint
     ck = read_checkpoint(out / 'checkpoint.pt')
     assert ck['epoch'] == 2 and len(ck['rng']) == 2                             # both ranks' random states
+
+
+needs_skip_bad = pytest.mark.skipif('skip_bad' not in __import__('exp.nb_10', fromlist=['TrainOptions']).TrainOptions.__dataclass_fields__,
+                                    reason='TrainOptions has no skip_bad option yet (notebook 10)')
+
+@needs_skip_bad
+def test_bad_images_one_error_then_skip_bad(folder, tmp_path):
+    "Several unreadable images: one error naming them all (and the file with the full list); --skip-bad trains without them."
+    import shutil
+    data = shutil.copytree(folder, tmp_path / 'data')
+    bad = [data / 'train' / 'cat' / 'zero.jpg', data / 'train' / 'dog' / 'text.png', data / 'val' / 'fish' / 'cut.jpg']
+    bad[0].write_bytes(b''); bad[1].write_bytes(b'not an image'); bad[2].write_bytes((data / 'val' / 'fish' / '0.jpg').read_bytes()[:200])
+    args = ['--data', data, '--epochs', '1', '--size', '32', '--bs', '8', '--workers', '0', '--device', 'cpu', '--no-progress']
+    p = _run(*args, '--out', tmp_path / 'r0')
+    assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stderr[-3000:]
+    err = p.stderr.strip().splitlines()[-1]
+    assert '3 image file(s) cannot be read' in err and all(str(b) in err for b in bad) and 'pass --skip-bad' in err
+    report = Path(err.split('The full list is in ')[1].split('. Delete')[0])
+    assert sorted(l.split('\t')[0] for l in report.read_text().splitlines()) == sorted(map(str, bad))
+    out = tmp_path / 'r1'
+    p = _run(*args, '--skip-bad', '--out', out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sorted(l.split('\t')[0] for l in (out / 'skipped.txt').read_text().splitlines()) == sorted(map(str, bad))
+    cfg = json.loads((out / 'config.json').read_text())
+    assert (cfg['n_train'], cfg['n_valid']) == (24, 12) and cfg['args']['skip_bad'] is True
