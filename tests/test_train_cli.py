@@ -46,7 +46,7 @@ def test_run_folder(run_dir):
     a = cfg['args']                                              # the options that define the run: what --resume reads
     assert (a['size'], a['epochs'], a['bs'], cfg['n_train'], cfg['n_valid']) == (32, 1, 8, 24, 12)
     assert cfg['vocab'] == list(CLASSES) and cfg['recipe']['arch'] == 'xresnet18'
-    assert a['data'] == cfg['data'] == str(Path(cfg['data']).resolve()) and a['tricks'] == 'all' and 'device' not in a
+    assert a['data'] == cfg['data'] == str(Path(cfg['data']).resolve()) and a['tricks'] == 'auto' and 'device' not in a
     assert cfg['pipeline'] == cfg['args']['pipeline'] == 'fast'                              # --pipeline auto = fast
     assert (run_dir / 'plot.png').read_bytes()[:4] == b'\x89PNG'
     assert not list(run_dir.glob('.*.tmp'))                      # no temp files left behind
@@ -72,8 +72,8 @@ def test_fastai_like_recipe(folder, tmp_path):
     r = json.loads((out / 'config.json').read_text())['recipe']
     assert (r['opt'], r['act'], r['schedule'], r['lr'], r['mixup']) == ('ranger', 'mish', 'flat-cos', 8e-3, 0.)
     assert json.loads((out / 'config.json').read_text())['args']['crop'] == 'whole'
-    names = sorted(f.name for f in (tmp_path / 'cache').glob('*.u8'))   # 32 px training size: train cached at 40 px, valid at 32
-    assert len(names) == 2 and names[0].startswith('train-40px-whole-') and names[1].startswith('valid-32px-') and 'whole' not in names[1]
+    names = sorted(f.name for f in (tmp_path / 'cache').glob('*.u8'))   # 32 px: whole pictures cached at 2x (64), valid at 1.14x (36)
+    assert len(names) == 2 and names[0].startswith('train-64px-whole-') and names[1].startswith('valid-36px-') and 'whole' not in names[1]
     assert torch.load(out / 'model.pt', weights_only=True)['act'] == 'mish'
     model, info = load_run(out)
     assert any(isinstance(m, torch.nn.Mish) for m in model.modules())
