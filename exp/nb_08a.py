@@ -5,8 +5,8 @@ __all__ = ['DECODERS', 'CACHE_DECODER', 'IMAGENETTE_CLASSES', 'STATS', 'subset_p
            'CenterSquare', 'decode_rgb', 'decode_square', 'decode_whole', 'image_aspects', 'decode_args',
            'source_fingerprint', 'pool_imap', 'decode_all', 'cached_images', 'random_crop_params', 'crop_theta',
            'crop_grid', 'batch_random_resized_crop', 'batch_center_crop', 'fits_on_device', 'LoaderItems',
-           'TensorBatchLoader', 'class_count', 'split_cache_file', 'fast_databunch', 'AsyncNaNCheck', 'class_folders',
-           'has_image', 'check_image_folder', 'image_stats', 'resolve_stats']
+           'TensorBatchLoader', 'class_count', 'train_cache_size', 'split_cache_file', 'fast_databunch',
+           'AsyncNaNCheck', 'class_folders', 'has_image', 'check_image_folder', 'image_stats', 'resolve_stats']
 
 # %% ../nbs/08a_fast_pipeline.ipynb #fb8fba34
 from .nb_08 import *
@@ -261,6 +261,10 @@ def class_count(sd):
     vocabs = [p.vocab for p in listify(getattr(sd.train, 'proc_y', None)) if getattr(p, 'vocab', None) is not None]
     return len(vocabs[0]) if vocabs else len(uniqueify(sd.train.y.items))
 
+def train_cache_size(size, crop='square'):
+    "Side of the training cache for training size `size`: 1.25× for centre squares, 2× for squashed whole pictures (they keep more detail)."
+    return round((2 if crop == 'whole' else 1.25) * size)   # a 35 % crop of a 1.25x square is upsampled 1.35x, not 1.7x
+
 def split_cache_file(il, split, size, cache_dir=None, geometry='square'):
     "Cache file of one split: `<cache_dir or the dataset folder/.exp-cache>/<split>-<size>px[-whole]-<hash of the folder>.pt`."
     key = hashlib.sha256(str(Path(il.path).resolve()).encode()).hexdigest()[:12]
@@ -270,7 +274,7 @@ def split_cache_file(il, split, size, cache_dir=None, geometry='square'):
 def fast_databunch(sd, size, bs, cache_size=None, device=None, stats=imagenette_stats, cache_dir=None, num_workers=None,
                    scale=(0.35, 1.), seed=None, channels_last=False, crop='square', val_zoom=1.14):
     "DataBunch of `TensorBatchLoader`s over labelled SplitData `sd`: images decoded once (training at `cache_size`, default 1.25 x size; validation at `val_zoom` x size, centre-cropped)."
-    cache_size = cache_size or round(1.25 * size)    # crops lose less detail: a 35 % crop is upsampled 1.35x, not 1.7x
+    cache_size = cache_size or train_cache_size(size, crop)
     device = torch.device(device) if device is not None else default_device()
     if crop not in DECODERS: raise ArgError('crop', crop, f"must be one of {', '.join(DECODERS)}")
     mean, std = stats if stats is not None else (None, None)

@@ -175,7 +175,7 @@ def mapped_databunch(sd, size, bs, cache_size=None, device=None, stats=imagenett
                      scale=(0.35, 1.), seed=None, channels_last=False, crop='square', val_zoom=1.14, skip_bad=False,
                      in_memory=False, progress=None):
     "08a's `fast_databunch` on memory-mapped caches; unreadable images raise one BadImagesError naming all, or with `skip_bad` are left out (`data.skipped`)."
-    cache_size = cache_size or round((2 if crop == 'whole' else 1.25) * size)   # squashed whole pictures keep more detail at 2x
+    cache_size = cache_size or train_cache_size(size, crop)
     device = torch.device(device) if device is not None else default_device()
     if crop not in DECODERS: raise ArgError('crop', crop, f"must be one of {', '.join(DECODERS)}")
     plan = [(sd.train, crop, cache_size), (sd.valid, 'square', round(val_zoom * size))]   # (items, geometry, cache side)
