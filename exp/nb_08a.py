@@ -155,13 +155,14 @@ def crop_grid(w, h, cx, cy, size, flip=None):
     gy = (cy[:, None] + h[:, None] * t).view(n, size, 1, 1)      # (n, size) -> (n, size, 1, 1): y changes down a column
     return torch.cat([gx.expand(n, size, size, 1), gy.expand(n, size, size, 1)], 3)
 
-def batch_random_resized_crop(x, size, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None, aspect=None):
+def batch_random_resized_crop(x, size, scale=(0.35, 1.), ratio=(3/4, 4/3), flip=True, generator=None, aspect=None, antialias=True):
     "Random resized crop and flip of a float batch (n, c, H, W) on its device: (n, c, size, size); `aspect`: true w/h of squashed images."
-    n = x.shape[0]
+    n, ss = x.shape[0], 2 if antialias else 1          # antialias: sample a 2x finer grid, then average each 2x2 block
     w, h, cx, cy = random_crop_params(n, scale, ratio, x.device, generator, aspect)
     fl = torch.rand(n, device=x.device, generator=generator) < 0.5 if flip else None
-    grid = crop_grid(w, h, cx, cy, size, fl).to(x.dtype)
-    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    grid = crop_grid(w, h, cx, cy, size * ss, fl).to(x.dtype)
+    out = F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    return F.avg_pool2d(out, ss) if antialias else out
 
 def batch_center_crop(x, size):
     "The centre (n, c, size, size) of a batch (n, c, H, W) with H, W >= size, as a new tensor: the validation path (x itself when already that size)."
@@ -202,10 +203,13 @@ class TensorBatchLoader:
         s = torch.ones(1, 1, 1, 1) if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale, self.shift = (1 / (255 * s)).to(self.device), (m / s).to(self.device)
         self.mean, self.std = mean, std                                           # None: batches stay in [0, 1]
-        seed = torch.initial_seed() if seed is None else seed
-        self.gen = torch.Generator().manual_seed(seed)                            # the order of the items (on the CPU)
-        self.aug_gen = torch.Generator(self.device).manual_seed((seed + 1) % 2**64)  # crops and flips, drawn on the device
+        self.gen, self.aug_gen = torch.Generator(), torch.Generator(self.device)   # the order of the items (CPU); crops and flips
+        self.reseed(torch.initial_seed() if seed is None else seed)
         self._buf = None                                                          # float batch, reused
+
+    def reseed(self, seed):
+        "Restart the order and augmentation streams from `seed`, as a new loader would (runs compared from one seed see the same batches)."
+        self.gen.manual_seed(seed); self.aug_gen.manual_seed((seed + 1) % 2**64)
 
     def __len__(self): return self.n_items // self.bs if self.drop_last else math.ceil(self.n_items / self.bs)
     @property
