@@ -184,12 +184,12 @@ def _cli_error(capsys, argv):
     (['--epochs', 'two'], "argument --epochs: 'two' is not an int"),
     (['--limit', '0'], 'argument --limit: must be > 0'),
     (['--workers', '-2'], 'argument --workers: must be >= 0'),
-    (['--tricks', 'mixup,dropout'], "argument --tricks: unknown trick(s) 'dropout': choose from bcd"),
+    (['--tricks', 'mixup,dropout'], "argument --tricks: unknown trick(s) 'dropout': choose from linear_lr, bcd"),
     (['--arch', 'vgg16'], "argument --arch: invalid choice: 'vgg16'"),
     (['--opt', 'adam'], "argument --opt: invalid choice: 'adam'"),
     (['--device', 'tpu'], "argument --device: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got tpu"),
     (['--act', 'gelu'], 'argument --act: invalid choice'),
-    (['--schedule', 'step'], 'argument --schedule: invalid choice'),
+    (['--schedule', 'cyclic'], 'argument --schedule: invalid choice'),
     (['--arch', 'draft-cnn', '--act', 'mish'], "argument --act: applies to the xresnets; the draft CNN keeps its ReLU (got mish)"),
     (['--crop', 'zoom'], 'argument --crop: invalid choice'),
     (['--seed', '-1'], 'argument --seed: must be in [0, 2**32), got -1'),
@@ -269,14 +269,14 @@ def test_resume_matches_uninterrupted_run(opt, folder, tmp_path, capsys):
     assert 'argument --resume' in (e := _cli_error(capsys, ['--resume', tmp_path / 'nope'])) and 'no such folder' in e
 
 
-def test_torchrun_two_processes(folder, tmp_path):
-    "torchrun with 2 CPU processes (gloo): one run folder, written by rank 0 only, and one 'run saved' line."
+def test_torchrun_two_processes(folder, run_dir, tmp_path):
+    "torchrun with 2 CPU processes (gloo), distilling from another run: one run folder, written by rank 0 only, one 'run saved' line."
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
     out = tmp_path / 'ddp'
     env = {k: v for k, v in _env().items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
     p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
                         f'--master_port={port}', '-m', 'exp.nb_10', '--data', str(folder), '--arch', 'draft-cnn',
-                        *TINY, '--out', str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+                        *TINY, '--out', str(out), '--teacher', str(run_dir)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert p.stdout.count('run saved to') == 1
     assert sorted(f.name for f in out.iterdir()) == ['.exp-run.lock', 'checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
@@ -284,6 +284,8 @@ def test_torchrun_two_processes(folder, tmp_path):
     rows = json.loads((out / 'metrics.json').read_text())
     assert cfg['world_size'] == 2 and len(rows) == 2 and all(0 <= r['valid_acc'] <= 1 for r in rows)
     assert cfg['pipeline'] == 'fast'                                             # auto under torchrun: each rank reads its shard (nb 08b)
+    assert (cfg['recipe']['distill'], cfg['teacher'], cfg['global_bs']) == (0.5, str(run_dir.resolve()), 2 * 8)   # 2 processes x --bs 8
+    assert cfg['peak_lr'] == cfg['recipe']['lr']                                 # the draft's lr is not scaled (nor is Ranger's)
     from exp.nb_10 import read_checkpoint
     ck = read_checkpoint(out / 'checkpoint.pt')
     assert ck['epoch'] == 2 and len(ck['rng']) == 2                             # both ranks' random states
@@ -312,3 +314,19 @@ def test_bad_images_one_error_then_skip_bad(folder, tmp_path):
     assert sorted(l.split('\t')[0] for l in (out / 'skipped.txt').read_text().splitlines()) == sorted(map(str, bad))
     cfg = json.loads((out / 'config.json').read_text())
     assert (cfg['n_train'], cfg['n_valid']) == (24, 12) and cfg['args']['skip_bad'] is True
+
+
+def test_teacher_option(folder, run_dir, tmp_path, capsys):
+    "--teacher: a run on other classes is refused with the flag's name; config.json states the scaled lr of an SGD run."
+    import shutil
+    other = shutil.copytree(folder, tmp_path / 'other')
+    (other / 'train' / 'fish').rename(other / 'train' / 'eel'); (other / 'val' / 'fish').rename(other / 'val' / 'eel')
+    e = _cli_error(capsys, ['--data', other, *TINY, '--out', tmp_path / 'o1', '--teacher', run_dir])
+    assert 'argument --teacher' in e and 'same classes' in e, e
+    assert 'argument --teacher' in (e := _cli_error(capsys, ['--data', folder, *TINY, '--out', tmp_path / 'o2', '--teacher', tmp_path])) and 'not found' in e
+    assert not (tmp_path / 'o1').exists() and not (tmp_path / 'o2').exists()
+    from exp.nb_10 import train
+    out = train(folder, epochs=1, size=32, bs=8, workers=0, device='cpu', progress=False, opt='sgd', out=tmp_path / 'sgd', teacher=run_dir, distill_t=2.)
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['recipe']['linear_lr'] and abs(cfg['peak_lr'] - cfg['recipe']['lr'] * 8 / 256) < 1e-12       # lr per 256 images, scaled
+    assert (cfg['recipe']['distill'], cfg['recipe']['distill_T'], cfg['args']['distill_t']) == (0.5, 2., 2.)
