@@ -4,8 +4,8 @@
 __all__ = ['matmul']
 
 # %% ../nbs/01_matmul.ipynb #46536bb4
-from .nb_00a import *
-reexport(globals(), 'exp.nb_00a')   # pass on every name from notebooks 00 and 00a
+from .nb_00b import *
+reexport(globals(), 'exp.nb_00b')   # pass on every name from notebooks 00, 00a and 00b
 
 # %% ../nbs/01_matmul.ipynb #cf23da69
 def matmul(a, b):

@@ -392,7 +392,7 @@ class TrainOptions(Options):
     opt: str = option('auto', f"auto: ranger below {SHORT_RUN} epochs, else sgd; sgd with momentum (the paper's); ranger (fastai's: lr 8e-3, "
                       "wd 0.01, with flat-cos under auto)", choices=('auto',) + OPTS, before='sgd')
     act: str = option('relu', "activation of the xresnets: relu, or mish (fastai's)", choices=tuple(ACTS), before='relu')
-    schedule: str = option('auto', "auto: warm-up + cosine (one-cycle without warmup_cosine); flat-cos: fastai's", choices=SCHEDULES, before='auto')
+    schedule: str = option('auto', "auto: warm-up + cosine (one-cycle without warmup_cosine); flat-cos: fastai's; step: the paper's baseline (lr/10 at 1/4, 1/2, 3/4)", choices=SCHEDULES, before='auto')
     tricks: str = option('auto', f"comma list of {', '.join(TRICKS)}; all / none; auto: all, without mixup below {SHORT_RUN} epochs",
                          check=tricks_error, same=same_tricks, before='all')
     seed: int = option(0, 'random seed', check=seed_error)

@@ -67,6 +67,7 @@ def loss_going_bad(at_call, value=math.nan):
 
 # ---------------------------------------------------------------------------------------------- data helpers
 import exp.nb_00a as nb00a
+import exp.nb_00b as nb00b
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 FM = SHARED / 'fashion-mnist'
 
@@ -114,7 +115,7 @@ def isolated(tmp_path, monkeypatch):
     port = closed_port()
     monkeypatch.setattr(nb00a.URLs, 'FASHION_MNIST', f'http://127.0.0.1:{port}/fashion-mnist/')
     monkeypatch.setattr(nb00a.URLs, 'IMAGENETTE_160', f'http://127.0.0.1:{port}/imagenette2-160.tgz')
-    monkeypatch.setattr(nb00a, 'FMNIST_SYSTEM_PATH', tmp_path / 'no-system-copy')
+    monkeypatch.setattr(nb00b, 'FMNIST_SYSTEM_PATH', tmp_path / 'no-system-copy')
 
 
 @pytest.fixture

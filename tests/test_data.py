@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import exp.nb_00a as nb00a
+import exp.nb_00b as nb00b
 from exp.nb_00a import (URLs, KNOWN_SHA256, ArchiveError, ArgError, ChecksumError, DownloadError, atomic_save, atomic_write,
-                        data_mirror, default_data_path, download_data, file_lock, file_sha256, load_fashion_mnist, read_idx,
-                        untar_data, url_fname)
+                        data_mirror, default_data_path, download_data, file_lock, file_sha256, untar_data, url_fname)
+from exp.nb_00b import load_fashion_mnist, read_idx
 
 from conftest import SHARED, FM, closed_port, leftovers, make_tar
 needs_shared = pytest.mark.skipif(not FM.is_dir(), reason=f'shared data folder {SHARED} not present')
@@ -359,7 +360,7 @@ def test_read_idx_raw_and_types(tmp_path):
 
 @pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist').is_dir(), reason='Debian dataset-fashion-mnist not installed')
 def test_debian_package_location(monkeypatch):
-    monkeypatch.setattr(nb00a, 'FMNIST_SYSTEM_PATH', Path('/usr/share/datasets/fashion-mnist'))
+    monkeypatch.setattr(nb00b, 'FMNIST_SYSTEM_PATH', Path('/usr/share/datasets/fashion-mnist'))
     xt, yt, xv, yv = load_fashion_mnist()
     assert xt.shape == (60000, 784) and xv.shape == (10000, 784)
 
@@ -368,13 +369,13 @@ def test_debian_location_is_consulted(tmp_path, monkeypatch):
     "With no path and no mirror, the system folder is used before any download (uncompressed files work too)."
     folder = write_fmnist(tmp_path / 'sys')
     for f in list(folder.iterdir()): (folder / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes())); f.unlink()
-    monkeypatch.setattr(nb00a, 'FMNIST_SYSTEM_PATH', folder)
+    monkeypatch.setattr(nb00b, 'FMNIST_SYSTEM_PATH', folder)
     assert load_fashion_mnist()[0].shape == (6, 784)
 
 
 def test_contract_names_and_progress_bar(server, capsys):
     "The names later chapters use exist, and a visible progress bar does not disturb a download."
-    assert nb00a.datasets.untar_data is untar_data and nb00a.datasets.URLs.IMAGENETTE_160.endswith('/imagenette2-160.tgz')
+    assert nb00b.datasets.untar_data is untar_data and nb00b.datasets.URLs.IMAGENETTE_160.endswith('/imagenette2-160.tgz')
     assert set(URLs.FASHION_MNIST_FILES) < set(KNOWN_SHA256) and KNOWN_SHA256['imagenette2-160.tgz'] is None
     assert len(nb00a.FMNIST_CLASSES) == 10
     base, root, _ = server
@@ -489,3 +490,16 @@ def test_file_lock_freed_when_holder_is_killed(tmp_path):
         a.send_signal(signal.SIGKILL); a.wait(30)
     finally: a.kill(); a.wait()
     with file_lock(tmp_path / 'x.lock', timeout=5): pass
+
+
+def test_extraction_progress_lines(tmp_path, capsys):
+    "Where no bar can be seen, extraction prints one line as it starts and one as it ends (a bar in a terminal or notebook)."
+    import io, re, tarfile
+    arc = tmp_path / 'three.tgz'
+    with tarfile.open(arc, 'w:gz') as tf:
+        for i in range(3):
+            data = f'file {i}'.encode(); ti = tarfile.TarInfo(f'three/f{i}.txt'); ti.size = len(data); tf.addfile(ti, io.BytesIO(data))
+    nb00a.safe_extract(arc, tmp_path / 'out', progress=False)
+    out = capsys.readouterr().out
+    assert 'extracting three.tgz: 3 items ...' in out and re.search(r'extracting three\.tgz: 3 items in [\d.]+s', out), out
+    assert sorted(p.name for p in (tmp_path / 'out' / 'three').iterdir()) == ['f0.txt', 'f1.txt', 'f2.txt']

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(p.stem for p in (ROOT / 'exp').glob('nb_*.py'))
 
 
-CHAIN = ['nb_00', 'nb_00a', 'nb_01', 'nb_02', 'nb_03', 'nb_04', 'nb_05', 'nb_05a', 'nb_06', 'nb_06a', 'nb_07', 'nb_08',
+CHAIN = ['nb_00', 'nb_00a', 'nb_00b', 'nb_01', 'nb_02', 'nb_03', 'nb_04', 'nb_05', 'nb_05a', 'nb_06', 'nb_06a', 'nb_07', 'nb_08',
          'nb_08a', 'nb_08b', 'nb_09', 'nb_09a', 'nb_09b', 'nb_09c', 'nb_10']   # teaching chapters (plain numbers) and engineering ones (lettered)
 
 
