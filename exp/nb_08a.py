@@ -236,7 +236,8 @@ class TensorBatchLoader(TensorBatchLoader):
         "The batch of the items at `idx`: gathered, copied to the device, converted, augmented and normalised."
         idx_dev = idx.to(self.device) if idx_dev is None else idx_dev
         xf, aspect = self.float_batch(idx), None if self.aspect is None else self.aspect[idx_dev]
-        if self.train: xb = batch_random_resized_crop(xf, self.size, self.crop_scale, generator=self.aug_gen, aspect=aspect)
+        if self.train: xb = batch_random_resized_crop(xf, self.size, self.crop_scale, generator=self.aug_gen, aspect=aspect,
+                                                      antialias=xf.shape[-1] >= 1.5 * self.size)   # windows that shrink much
         else: xb = batch_center_crop(xf, self.size)
         if xb is xf: self._buf = None                                  # no crop needed: the buffer becomes this batch
         xb = xb.mul_(self.scale).sub_(self.shift)                                                    # to [0, 1], normalised
