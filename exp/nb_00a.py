@@ -169,7 +169,8 @@ def http_fetch(url, part, timeout=30, chunk=1 << 16, progress=None):
         show = (show_progress() if progress is None else progress) and total
         pb = progress_bar(range(max(total // 1024, 1)), display=True, leave=False) if show else None
         if pb is not None: pb.comment = url_fname(url); pb.update(0)
-        done = have
+        else: print(f"downloading {url_fname(url)}: {total or 'unknown'} bytes{f', resuming at {have}' if have else ''} ...", flush=True)
+        done, t0 = have, time.perf_counter()
         try:
             with open(part, 'ab' if resumed else 'wb') as f:
                 for b in iter(lambda: resp.read(chunk), b''):
@@ -181,6 +182,7 @@ def http_fetch(url, part, timeout=30, chunk=1 << 16, progress=None):
             if pb is not None and pb.last_v is not None: pb.on_iter_end()
     if total is not None and done != total:
         raise DownloadError(f"download of {url} stopped at {done} of {total} bytes; {kept}")
+    if pb is None: print(f"downloading {url_fname(url)}: {done} bytes in {time.perf_counter() - t0:.1f}s", flush=True)   # no bar: two lines
     return part
 
 # %% ../nbs/00a_data_access.ipynb #25aa11e8
