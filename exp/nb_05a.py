@@ -5,7 +5,7 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'LOCK_NAME', 'synth_learner',
            'broadcast_object', 'set_seed', 'get_rng_states', 'set_rng_states', 'loader_state', 'set_loader_state',
            'interrupted_path', 'model_info', 'describe_model', 'check_state_fits', 'read_checkpoint', 'load_checkpoint',
            'CheckpointCallback', 'cannot_create', 'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger',
-           'plot_run', 'epoch_rows', 'markdown_table', 'resume_config', 'resume_rows', 'saved_stats',
+           'plot_run', 'epoch_rows', 'markdown_table', 'resume_config', 'resume_rows', 'saved_stats', 'saved_peak_lr',
            'settle_failed_run', 'dist', 'DDP']
 
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
@@ -370,6 +370,11 @@ def saved_stats(run_dir, default):
     "The (mean, std) a run was normalised with, from its config.json; `default` for runs saved before they were recorded."
     st = json.loads((Path(run_dir) / 'config.json').read_text()).get('stats')
     return (st['mean'], st['std']) if isinstance(st, dict) and 'mean' in st and 'std' in st else default
+
+def saved_peak_lr(run_dir):
+    "The peak learning rate a run's optimiser got, from its config.json: 'peak_lr', else (older runs) the recipe's lr; None if neither."
+    c = json.loads((Path(run_dir) / 'config.json').read_text())
+    return c['peak_lr'] if 'peak_lr' in c else (c.get('recipe') or {}).get('lr')
 
 # %% ../nbs/05a_checkpoints.ipynb #32395226
 def settle_failed_run(out, exc=None, created=True):

@@ -448,6 +448,7 @@ def train(data=None, opts=None, cbs=None, resume=None, **options):
         out = Path(broadcast_object(str(out)))       # every rank uses rank 0's folder name (the timestamps may differ)
         path = Path(o.data) if o.data is not None else main_process_first(datasets.untar_data, datasets.URLs.IMAGENETTE_160)
         stats = saved_stats(out, o.stats) if resume is not None else o.stats   # a resumed run keeps its numbers
+        if resume is not None and (lr := saved_peak_lr(out)) is not None: cfg = replace(cfg, lr=lr, linear_lr=False)   # and its rate
         crop = ('whole' if pipeline == 'fast' else 'square') if o.crop == 'auto' else o.crop
         data = folder_databunch(path, o.size, o.bs, o.limit, o.workers, pipeline, dev, o.seed, o.cache_dir, crop, stats, o.skip_bad,
                                 o.progress and main_proc)

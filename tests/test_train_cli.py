@@ -269,6 +269,33 @@ def test_resume_matches_uninterrupted_run(opt, folder, tmp_path, capsys):
     assert 'argument --resume' in (e := _cli_error(capsys, ['--resume', tmp_path / 'nope'])) and 'no such folder' in e
 
 
+def test_resume_keeps_the_runs_learning_rate(folder, tmp_path):
+    """A resumed run keeps the peak lr it started with: config.json's peak_lr, or for a run saved before that key (and linear lr
+    scaling) existed, its recipe's lr as given; recomputing it from the options would shrink an explicit --lr by batch/256."""
+    import shutil
+    from exp.nb_10 import Callback, train, resume_train
+    class CtrlC(Callback):
+        order = 30
+        def after_epoch(self):
+            if self.epoch == 0: raise KeyboardInterrupt
+    class PeakLr(Callback):
+        def after_fit(self): self.lrs = self.run.recorder.lrs[0]
+    cut = tmp_path / 'cut'
+    with pytest.raises(KeyboardInterrupt):
+        train(folder, size=32, epochs=2, bs=8, device='cpu', workers=0, out=cut, progress=False, opt='sgd', lr=0.2, cbs=[CtrlC()])
+    cfg = json.loads((cut / 'config.json').read_text())
+    assert (cfg['recipe']['linear_lr'], cfg['global_bs']) == (True, 8) and abs(cfg['peak_lr'] - 0.2 * 8 / 256) < 1e-12
+    old = tmp_path / 'old'; shutil.copytree(cut, old)
+    for k in ('peak_lr', 'global_bs'): del cfg[k]                  # config.json as runs wrote it before linear lr scaling
+    del cfg['recipe']['linear_lr']
+    (old / 'config.json').write_text(json.dumps(cfg, indent=1))   # its optimiser got recipe.lr = 0.2 as is
+    ck = torch.load(old / 'checkpoint.pt', weights_only=True); ck['config'] = cfg; torch.save(ck, old / 'checkpoint.pt')   # so has its copy
+    new_lrs, old_lrs = PeakLr(), PeakLr()
+    resume_train(cut, cbs=[new_lrs]); resume_train(old, cbs=[old_lrs])
+    assert len(new_lrs.lrs) == len(old_lrs.lrs) == 3 and max(new_lrs.lrs) > 0                  # epoch 2: 24 images / 8
+    np.testing.assert_allclose(old_lrs.lrs, np.array(new_lrs.lrs) * 256 / 8, rtol=1e-6)      # 0.2, not 0.2 x 8/256
+
+
 def test_torchrun_two_processes(folder, run_dir, tmp_path):
     "torchrun with 2 CPU processes (gloo), distilling from another run: one run folder, written by rank 0 only, one 'run saved' line."
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
