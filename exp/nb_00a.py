@@ -11,7 +11,7 @@ __all__ = ['KNOWN_SHA256', 'FMNIST_CLASSES', 'WRITE_ERRNOS', 'TAR_SUFFIXES', 'ST
 # %% ../nbs/00a_data_access.ipynb #586f91dd
 from .nb_00 import *
 reexport(globals(), 'exp.nb_00')   # pass on every name of the chapters before
-import types, struct, tarfile, zlib, contextlib, errno, glob, secrets, http.client, urllib.request, urllib.error, urllib.parse
+import tarfile, zlib, contextlib, errno, glob, secrets, http.client, urllib.request, urllib.error, urllib.parse
 import filelock                    # cross-platform file locks (a dependency of PyTorch)
 from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 

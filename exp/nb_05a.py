@@ -5,13 +5,13 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'LOCK_NAME', 'synth_learner',
            'broadcast_object', 'set_seed', 'get_rng_states', 'set_rng_states', 'loader_state', 'set_loader_state',
            'interrupted_path', 'model_info', 'describe_model', 'check_state_fits', 'read_checkpoint', 'load_checkpoint',
            'CheckpointCallback', 'cannot_create', 'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger',
-           'plot_run', 'epoch_rows', 'markdown_table', 'resume_config', 'resume_rows', 'saved_stats', 'saved_peak_lr',
+           'plot_run', 'epoch_rows', 'markdown_table', 'resume_config', 'resume_rows', 'saved_stats', 'saved_recipe',
            'settle_failed_run', 'dist', 'DDP']
 
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
 from .nb_05 import *
 reexport(globals(), 'exp.nb_05')   # pass on every name of the chapters before
-import contextlib, numbers, io, csv, random
+import contextlib, numbers, io, csv, random, dataclasses
 import filelock
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -371,10 +371,11 @@ def saved_stats(run_dir, default):
     st = json.loads((Path(run_dir) / 'config.json').read_text()).get('stats')
     return (st['mean'], st['std']) if isinstance(st, dict) and 'mean' in st and 'std' in st else default
 
-def saved_peak_lr(run_dir):
-    "The peak learning rate a run's optimiser got, from its config.json: 'peak_lr', else (older runs) the recipe's lr; None if neither."
-    c = json.loads((Path(run_dir) / 'config.json').read_text())
-    return c['peak_lr'] if 'peak_lr' in c else (c.get('recipe') or {}).get('lr')
+def saved_recipe(run_dir, default, legacy=None):
+    "The recipe a run recorded (config.json's 'recipe') as a dataclass like `default`; fields it lacks from `legacy`, else `default`'s."
+    rec, known = json.loads((Path(run_dir) / 'config.json').read_text()).get('recipe'), {f.name for f in dataclasses.fields(default)}
+    if not isinstance(rec, dict): return default                                  # a run saved before recipes were recorded
+    return dataclasses.replace(default, **{**(legacy or {}), **{k: v for k, v in rec.items() if k in known}})
 
 # %% ../nbs/05a_checkpoints.ipynb #32395226
 def settle_failed_run(out, exc=None, created=True):

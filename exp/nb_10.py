@@ -317,8 +317,8 @@ def build_learner(data, cfg=None, device=None, progress=False, norm=None, cbs=No
     model = make_model(cfg.arch, data.c_in, data.c_out, bcd=cfg.bcd, zero_gamma=cfg.zero_gamma, act=cfg.act)
     opt = make_opt(model, cfg)
     loss_func = LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing else F.cross_entropy
-    if cfg.schedule in ('flat-cos', 'step'): sched = (sched_flat_cos if cfg.schedule == 'flat-cos' else sched_step)(cfg.lr)
-    else: sched = sched_warmup_cos(cfg.lr) if cfg.warmup_cosine else sched_draft(cfg.lr)
+    auto = sched_warmup_cos if cfg.warmup_cosine else sched_draft
+    sched = {'flat-cos': sched_flat_cos, 'step': sched_step}.get(cfg.schedule, auto)(cfg.lr)
     cb_funcs = [partial(AvgStatsCallback, accuracy), partial(DeviceCallback, device)]
     if not normed: cb_funcs.append(partial(BatchTransformXCallback, norm or data_norm(data)))
     cb_funcs += [partial(ParamScheduler, 'lr', sched), Recorder]
@@ -448,7 +448,7 @@ def train(data=None, opts=None, cbs=None, resume=None, **options):
         out = Path(broadcast_object(str(out)))       # every rank uses rank 0's folder name (the timestamps may differ)
         path = Path(o.data) if o.data is not None else main_process_first(datasets.untar_data, datasets.URLs.IMAGENETTE_160)
         stats = saved_stats(out, o.stats) if resume is not None else o.stats   # a resumed run keeps its numbers
-        if resume is not None and (lr := saved_peak_lr(out)) is not None: cfg = replace(cfg, lr=lr, linear_lr=False)   # and its rate
+        if resume is not None: cfg = saved_recipe(out, cfg, legacy=dict(linear_lr=False))   # and its recipe (before linear_lr: lr as given)
         crop = ('whole' if pipeline == 'fast' else 'square') if o.crop == 'auto' else o.crop
         data = folder_databunch(path, o.size, o.bs, o.limit, o.workers, pipeline, dev, o.seed, o.cache_dir, crop, stats, o.skip_bad,
                                 o.progress and main_proc)
@@ -592,7 +592,6 @@ def load_teacher(run_dir, data):
         raise ArgError('teacher', str(run_dir), f"was trained on classes {info['vocab']}, this data has {list(data.vocab)}: "
                        "distil from a run on the same classes")
     return Renormalized(model, data.stats, (info['mean'], info['std'])).eval()
-
 
 # %% ../nbs/10_bag_of_tricks.ipynb #8f430bcf
 def train_parser():

@@ -270,8 +270,8 @@ def test_resume_matches_uninterrupted_run(opt, folder, tmp_path, capsys):
 
 
 def test_resume_keeps_the_runs_learning_rate(folder, tmp_path):
-    """A resumed run keeps the peak lr it started with: config.json's peak_lr, or for a run saved before that key (and linear lr
-    scaling) existed, its recipe's lr as given; recomputing it from the options would shrink an explicit --lr by batch/256."""
+    """A resumed run trains with the recipe it recorded: for a run saved before linear lr scaling existed, its lr as given
+    (rebuilding the recipe from the options by today's defaults would shrink an explicit --lr by batch/256)."""
     import shutil
     from exp.nb_10 import Callback, train, resume_train
     class CtrlC(Callback):
