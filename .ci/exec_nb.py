@@ -4,10 +4,12 @@
 Usage: python .ci/exec_nb.py nbs/03_minibatch_training.ipynb [...]   (default: every nbs/[0-9]*.ipynb)
        --test   run in test mode (IN_TEST=1: smaller data), do not save
 Cells flagged `#| eval: false` or calling nbdev_export are skipped; `#| cuda` cells run only when CUDA is present.
-A notebook that raises is reported and left unchanged on disk.
+A notebook that raises is reported and left unchanged on disk. A saved notebook's code hash goes into
+nbs/outputs.json (see code_hash), so that `dev.py test` can tell when code changed after its outputs were made.
 """
-import os, sys, time, glob, tempfile, traceback
+import os, sys, time, glob, json, tempfile, traceback
 from pathlib import Path
+from nb_hash import code_hash, RECORD
 
 def directives(src):
     "The `#| ...` flags at the top of a cell's source, as a set of words."
@@ -28,6 +30,15 @@ def should_skip(cell, has_cuda):
     if 'eval:' in f and 'false' in f: return True
     if 'cuda' in f and not has_cuda: return True
     return False
+
+def record(p):
+    "Write `p`'s code hash into the record beside it (atomically: the record is read by every test run)."
+    rec = p.parent / RECORD
+    hashes = json.loads(rec.read_text()) if rec.exists() else {}
+    hashes[p.name] = code_hash(p)
+    tmp = rec.with_suffix('.tmp')
+    tmp.write_text(json.dumps(dict(sorted(hashes.items())), indent=1) + '\n')
+    os.replace(tmp, rec)
 
 def main(argv):
     test = '--test' in argv
@@ -55,6 +66,7 @@ def main(argv):
             fd, tmp = tempfile.mkstemp(suffix='.ipynb', dir=p.parent); os.close(fd)
             write_nb(nb, tmp); os.chmod(tmp, 0o644); os.replace(tmp, p)
             os.system(f'"{Path(sys.executable).parent}/nbdev_clean" --fname "{p}"')
+            record(p)
         print(f'ok {p} {time.time()-t0:.0f}s', flush=True)
     return 1 if failed else 0
 
