@@ -11,25 +11,19 @@ reexport(globals(), 'exp.nb_09a')   # pass on every name of the chapters before
 def reduce_loss(loss, reduction='mean'):
     "Reduce a per-sample loss by 'mean', 'sum' or 'none'."
     if reduction == 'mean': return loss.mean()
-    if reduction == 'sum': return loss.sum()
-    if reduction == 'none': return loss
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return loss.sum() if reduction == 'sum' else loss
 
 def distill_loss(student, teacher, T=4., reduction='mean'):
-    "T² · KL(softmax(teacher/T) || softmax(student/T)) per sample, reduced by `reduction`: Hinton et al.'s soft-target loss."
-    if not T > 0: raise ArgError('T', T, 'the temperature must be > 0 (Hinton et al. use 1-20, He et al. 20)')
+    "Hinton et al.'s soft-target loss: T² · KL(softmax(teacher/T) || softmax(student/T))."
     logq = F.log_softmax(student.float() / T, dim=-1)          # student, softened
-    logp = F.log_softmax(teacher.detach().float() / T, dim=-1)  # teacher, softened; never a gradient into the teacher
+    logp = F.log_softmax(teacher.detach().float() / T, dim=-1)  # teacher, softened, no gradient
     return reduce_loss((logp.exp() * (logp - logq)).sum(-1) * T * T, reduction)
 
 # %% ../nbs/09b_distillation.ipynb #233e83bb
 class Distillation(Callback):
-    "Knowledge distillation: the training loss becomes (1-weight)·loss + weight·distill_loss(student, teacher(xb), T)."
+    "Knowledge distillation: train on (1-weight)·loss + weight·distill_loss(pred, teacher(xb), T)."
     order = 95   # after MixUp (90): wraps its blended loss, and the teacher sees the mixed batch
     def __init__(self, teacher, T=4., weight=0.5):
-        if not isinstance(teacher, nn.Module): raise ArgError('teacher', type(teacher).__name__, 'must be an nn.Module (a trained model)')
-        if not 0 <= weight <= 1: raise ArgError('weight', weight, 'the share of the distillation loss must be in [0, 1]')
-        if not T > 0: raise ArgError('T', T, 'the temperature must be > 0')
         self.teacher, self.T, self.weight = teacher.eval().requires_grad_(False), T, weight
     def begin_fit(self):
         self.teacher.to(next(self.model.parameters()).device).eval()
@@ -37,7 +31,7 @@ class Distillation(Callback):
         self.run.learn.loss_func = self.loss_func
     def after_fit(self): self.run.learn.loss_func = self.old_loss_func
     def loss_func(self, pred, yb):
-        "The wrapped loss: the plain one in validation (or at weight 0), mixed with the teacher's soft targets in training."
+        "The plain loss in validation (or at weight 0), else mixed with the teacher's soft targets."
         loss = self.old_loss_func(pred, yb)
         if not self.in_train or self.weight == 0: return loss
         with torch.no_grad(): t = self.teacher(self.xb)

@@ -9,17 +9,16 @@ reexport(globals(), 'exp.nb_09b')   # pass on every name of the chapters before
 
 # %% ../nbs/09c_speed.ipynb #118947d9
 def amp_dtype(device, dtype='auto', cpu=False):
-    "The autocast dtype for `device`: CUDA -> bf16 where supported else fp16; CPU -> bf16 only if `cpu`; None means no autocast."
+    "Autocast dtype for `device`: CUDA bf16 if supported else fp16, CPU bf16 if `cpu`, or None."
     device = torch.device(device)
-    if dtype not in ('auto', torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be 'auto', torch.bfloat16 or torch.float16, got {dtype!r}")
     if device.type == 'cuda':
-        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dtype == 'auto' else dtype
+        auto = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return auto if dtype == 'auto' else dtype
     if device.type == 'cpu' and cpu: return torch.bfloat16 if dtype == 'auto' else dtype
     return None
 
 class MixedPrecision(Callback):
-    "Forward pass and loss under torch.autocast (bf16, or fp16 with dynamic loss scaling by a GradScaler); a no-op when `amp_dtype` says None."
+    "Forward and loss under torch.autocast (fp16 with a GradScaler); off where `amp_dtype` is None."
     order = 5  # after the device callback has moved model and batch
     def __init__(self, dtype='auto', cpu=False, init_scale=2.**16):
         self.dtype_arg, self.cpu, self.init_scale, self.ctx = dtype, cpu, init_scale, None
@@ -27,31 +26,37 @@ class MixedPrecision(Callback):
     def begin_fit(self):
         dev = next(self.model.parameters()).device
         self.device_type, self.dtype = dev.type, amp_dtype(dev, self.dtype_arg, self.cpu)
-        self.scaler = torch.amp.GradScaler(dev.type, init_scale=self.init_scale) if self.dtype == torch.float16 else None
+        fp16 = self.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(dev.type, init_scale=self.init_scale) if fp16 else None
         self.fitting = True
-    def begin_batch(self):   # nothing outside a fit (get_batch fires begin_batch alone: no after_batch would leave autocast)
+    def begin_batch(self):   # get_batch fires begin_batch outside a fit, with no after_batch
         if not self.fitting or self.dtype is None: return
         self.ctx = torch.autocast(self.device_type, dtype=self.dtype)
         self.ctx.__enter__()
     def _leave(self):
-        if self.ctx is not None: self.ctx.__exit__(None, None, None); self.ctx = None
+        if self.ctx is not None: self.ctx.__exit__(None, None, None)
+        self.ctx = None
     def after_loss(self):
         self._leave()
         if self.scaler is not None and self.in_train:
             self.loss.register_hook(self.scaler.scale)  # scale the gradients, not the reported loss
     def after_backward(self):
         if self.scaler is None: return
-        self.scaler.unscale_(self.opt); self.unscaled = True
+        self.scaler.unscale_(self.opt)
+        self.unscaled = True
         grads = [p.grad for pg in self.opt.param_groups for p in pg['params'] if p.grad is not None]
-        if not torch.stack([g.isfinite().all() for g in grads]).all():  # fp16 overflow: skip this step (the scale shrinks
-            raise CancelBatchException()                                 # in after_batch; batch_steps drops the gradients)
+        # fp16 overflow: skip the step (the scale shrinks in after_batch, batch_steps drops grads)
+        if not torch.stack([g.isfinite().all() for g in grads]).all(): raise CancelBatchException()
     def after_batch(self):
         self._leave()                    # also when a callback cancelled the batch mid-forward
-        if self.unscaled: self.scaler.update(); self.unscaled = False   # after every unscale_, cancelled or not
-    def after_fit(self): self._leave(); self.fitting = False
+        if self.unscaled: self.scaler.update()   # after every unscale_, cancelled or not
+        self.unscaled = False
+    def after_fit(self):
+        self._leave()
+        self.fitting = False
 
 class ChannelsLast(Callback):
-    "Keep the model's conv weights and each image batch in channels-last (NHWC) memory order, which GPU tensor cores prefer."
+    "Keep conv weights and image batches channels-last (NHWC), the layout GPU tensor cores prefer."
     order = 6
     def begin_fit(self): self.model.to(memory_format=torch.channels_last)
     def begin_batch(self):
@@ -59,9 +64,10 @@ class ChannelsLast(Callback):
 
 # %% ../nbs/09c_speed.ipynb #e8a77e36
 class CompileCallback(Callback):
-    "Compile the model's forward with torch.compile at begin_fit, in place (`nn.Module.compile`: parameters and state_dict unchanged)."
+    "torch.compile the model in place at begin_fit (`nn.Module.compile`: the same state_dict)."
     order = 7  # after the device callback moved the model and ChannelsLast (6) changed its layout
-    def __init__(self, backend='inductor', mode=None, dynamic=None): self.kwargs = dict(backend=backend, mode=mode, dynamic=dynamic)
+    def __init__(self, backend='inductor', mode=None, dynamic=None):
+        self.kwargs = dict(backend=backend, mode=mode, dynamic=dynamic)
     def begin_fit(self):
-        m = getattr(self.model, 'module', self.model)    # the module inside a DistributedDataParallel wrapper
+        m = getattr(self.model, 'module', self.model)    # the module inside a DDP wrapper
         if getattr(m, '_compiled_call_impl', None) is None: m.compile(**self.kwargs)

@@ -21,7 +21,8 @@ def train(model, opt, batches, before_step=None):
     for xb, yb in batches:
         F.cross_entropy(model(xb), yb).backward()
         if before_step is not None: before_step(model)
-        opt.step(); opt.zero_grad()
+        opt.step()
+        opt.zero_grad()
     return [p.detach().clone() for p in model.parameters()]
 
 def check_vs(make_ours, make_ref, before_ref_step=None, n=N_STEPS):
@@ -132,16 +133,18 @@ def test_lookahead_by_hand(form):
         (p**2 / 2).sum().backward(); o.step(); o.zero_grad(); seen.append(p.item())
     E.test_close(torch.tensor(seen), torch.tensor([0.5, 0.625, 0.3125, 0.390625]))
 
-def test_lookahead_checks_and_round_trip():
-    with pytest.raises(ValueError, match='k=0'): E.Lookahead(optim.SGD(tiny_model().parameters(), lr=0.1), k=0)
-    with pytest.raises(ValueError, match=r'alpha=1.5 must be in \(0, 1\]'): E.ranger(tiny_model().parameters(), lr=1e-3, alpha=1.5)
+def test_lookahead_round_trip():
     bs = tiny_batches(10)
-    m1 = tiny_model(); o1 = E.Lookahead(radam_torch(m1.parameters()), k=3); train(m1, o1, bs[:4])
-    buf = io.BytesIO(); torch.save(o1.state_dict(), buf); buf.seek(0)
-    m2 = tiny_model(seed=5); m2.load_state_dict(m1.state_dict())
+    m1 = tiny_model()
+    o1 = E.Lookahead(radam_torch(m1.parameters()), k=3)
+    train(m1, o1, bs[:4])
+    buf = io.BytesIO()
+    torch.save(o1.state_dict(), buf)
+    buf.seek(0)
+    m2 = tiny_model(seed=5)
+    m2.load_state_dict(m1.state_dict())
     o2 = E.Lookahead(radam_torch(m2.parameters()), k=3).load_state_dict(torch.load(buf, weights_only=True))
     assert all(torch.equal(a, b) for a, b in zip(train(m1, o1, bs[4:]), train(m2, o2, bs[4:])))
-    with pytest.raises(ValueError, match='Lookahead.load_state_dict'): o2.load_state_dict({'state': {}})
 
 # ---------------------------------------------------------------- building blocks
 def test_steppers_and_defaults():
@@ -162,87 +165,56 @@ def test_lin_comb_debias():
         avg = E.lin_comb(avg, 3.0, 0.9)
         assert abs(avg / E.debias(0.9, 0.1, i) - 3.0) < 1e-6
 
-def test_param_group_shapes_and_hypers_view():
+def hypers(opt):
+    return [{k: v for k, v in pg.items() if k != 'params'} for pg in opt.param_groups]
+
+def test_param_groups_and_hypers():
     ps = list(tiny_model().parameters())
-    opt = E.sgd_opt([ps[:2], ps[2:]], lr=0.1, wd=0.01)
+    opt = E.sgd_opt([{'params': ps[:2], 'lr': 0.3}, {'params': ps[2:]}], lr=0.1, wd=0.01)
     assert [len(pg['params']) for pg in opt.param_groups] == [2, 2]
-    assert all(isinstance(pg, dict) for pg in opt.param_groups)
-    assert opt.hypers == [{'lr': 0.1, 'wd': 0.01}] * 2
-    opt.hypers[0]['lr'] = 0.5
-    assert opt.param_groups[0]['lr'] == 0.5 and opt.param_groups[1]['lr'] == 0.1
-    opt = E.sgd_opt([{'params': ps[:2], 'lr': 0.3}, {'params': ps[2:]}], lr=0.1)
-    assert [h['lr'] for h in opt.hypers] == [0.3, 0.1]
+    assert hypers(opt) == [{'lr': 0.3, 'wd': 0.01}, {'lr': 0.1, 'wd': 0.01}]
+    opt.param_groups[1]['lr'] = 0.5                                   # what ParamScheduler writes
+    assert hypers(opt)[1]['lr'] == 0.5
     opt = E.sgd_opt(iter(ps), lr=0.1)
     assert len(opt.param_groups) == 1 and all(a is b for a, b in zip(opt.param_groups[0]['params'], ps))
 
 def test_zero_grad_and_skip_missing_grads():
-    m = tiny_model(); opt = E.sgd_opt(m.parameters(), lr=0.1)
+    m = tiny_model()
+    opt = E.sgd_opt(m.parameters(), lr=0.1)
     m(torch.randn(4, 10)).sum().backward()
-    opt.zero_grad(set_to_none=False); assert all((p.grad == 0).all() for p in m.parameters())
-    opt.zero_grad(); assert all(p.grad is None for p in m.parameters())
-    before = [p.detach().clone() for p in m.parameters()]; opt.step()
+    opt.zero_grad()
+    assert all(p.grad is None for p in m.parameters())
+    before = [p.detach().clone() for p in m.parameters()]
+    opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
-
-# ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize('make, match', [
-    (lambda ps: E.sgd_opt(ps, lr=-1), 'lr=-1 must be >= 0'),
-    (lambda ps: E.sgd_opt(ps), 'lr is required'),
-    (lambda ps: E.sgd_opt(ps, lr=0.1, wd=-0.1), 'wd=-0.1'),
-    (lambda ps: E.sgd_mom_opt(ps, lr=0.1, mom=1.0), r'mom=1.0 must be in \[0, 1\)'),
-    (lambda ps: E.sgd_mom_opt(ps, lr=0.1, mom=-0.1), 'mom=-0.1'),
-    (lambda ps: E.adam_opt()(ps, lr=0.1, sqr_mom=1.5), 'sqr_mom=1.5'),
-    (lambda ps: E.adam_opt()(ps, lr=0.1, eps=0.), 'eps=0.0 must be > 0'),
-    (lambda ps: E.adam_opt(eps=-1e-8), 'eps'),
-    (lambda ps: E.sgd_mom_opt(ps, lr=0.1, momentum=0.9), "unknown hyper-parameter 'momentum' .*did you mean mom"),
-    (lambda ps: E.sgd_opt(ps, lr=0.1, weight_decay=0.1), "'weight_decay' .*did you mean wd"),
-    (lambda ps: E.adam_opt(mom_sqr=0.99), "'mom_sqr' .*did you mean sqr_mom"),
-    (lambda ps: E.sgd_opt([{'params': ps, 'lr': -0.1}], lr=0.1), 'lr=-0.1'),
-    (lambda ps: E.sgd_opt([], lr=0.1), 'params is empty'),
-    (lambda ps: E.sgd_opt([ps, ps[:1]], lr=0.1), 'twice'),
-])
-def test_bad_hypers_raise_value_error(make, match):
-    with pytest.raises(ValueError, match=match): make(list(tiny_model().parameters()))
-
-def test_bad_value_written_later_is_caught_at_step():
-    m = tiny_model(); opt = E.adam_opt()(m.parameters(), lr=1e-3)
-    m(torch.randn(2, 10)).sum().backward()
-    opt.hypers[0]['mom'] = 1.2
-    with pytest.raises(ValueError, match='mom=1.2'): opt.step()
 
 # ---------------------------------------------------------------- checkpoints
 def test_state_dict_round_trip():
     bs = tiny_batches(10)
-    def run(m, o, bs):
-        for xb, yb in bs: F.cross_entropy(m(xb), yb).backward(); o.step(); o.zero_grad()
     for make in (lambda ps: E.adam_opt(wd=0.01)(ps, lr=1e-2), lambda ps: E.sgd_mom_opt(two_groups(ps), lr=0.05, mom=0.9),
-                 lambda ps: E.lamb(ps, lr=1e-2, wd=0.01)):
-        m1 = tiny_model(); o1 = make(m1.parameters()); run(m1, o1, bs[:4])
-        buf = io.BytesIO(); torch.save({'model': m1.state_dict(), 'opt': o1.state_dict()}, buf); buf.seek(0)
+                 lambda ps: E.lamb(ps, lr=1e-2, wd=0.01), lambda ps: E.ranger(ps, lr=1e-2, k=3)):
+        m1 = tiny_model()
+        o1 = make(m1.parameters())
+        train(m1, o1, bs[:4])
+        buf = io.BytesIO()
+        torch.save({'model': m1.state_dict(), 'opt': o1.state_dict()}, buf)
+        buf.seek(0)
         ck = torch.load(buf)
-        m2 = tiny_model(seed=3); m2.load_state_dict(ck['model'])
+        m2 = tiny_model(seed=3)
+        m2.load_state_dict(ck['model'])
         o2 = make(m2.parameters())
         for pg in o2.param_groups: pg['lr'] = 1.0                   # must be overwritten by the checkpoint
         o2.load_state_dict(ck['opt'])
-        assert o2.hypers == o1.hypers
-        run(m1, o1, bs[4:]); run(m2, o2, bs[4:])
-        assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
-    with pytest.raises(ValueError, match='param'):
+        assert hypers(o2) == hypers(o1)
+        assert all(torch.equal(a, b) for a, b in zip(train(m1, o1, bs[4:]), train(m2, o2, bs[4:])))
+    with pytest.raises(ValueError, match='sizes'):
         E.adam_opt()(list(tiny_model().parameters())[:2], lr=1e-2).load_state_dict(ck['opt'])
-    wider = nn.Sequential(nn.Linear(10, 21), nn.ReLU(), nn.Linear(21, 3))      # as many parameters, other shapes
-    with pytest.raises(ValueError, match=r"state 'grad_avg' of param 0 has shape \(20, 10\)"):
-        E.adam_opt()(wider.parameters(), lr=1e-2).load_state_dict(ck['opt'])
 
-def test_checkpoint_layout_helpers():
-    w1, w2, w3 = (torch.zeros(2) for _ in range(3))
-    saved = E.groups_to_state([{'params': [w1], 'lr': 0.1}, {'params': [w2, w3], 'lr': 0.2, 'wd': 0.}])
-    assert saved == [{'lr': 0.1, 'params': [0]}, {'lr': 0.2, 'wd': 0., 'params': [1, 2]}]
-    fresh = [{'params': [w1], 'lr': 1.}, {'params': [w2, w3], 'lr': 1., 'wd': 1.}]
-    E.load_group_hypers(fresh, {'param_groups': saved})
-    assert [g['lr'] for g in fresh] == [0.1, 0.2] and fresh[1]['wd'] == 0.
-    with pytest.raises(ValueError, match=r'2 param groups of \[1, 2\] params, this optimizer 1 of \[1\]'):
-        E.load_group_hypers(fresh[:1], {'param_groups': saved})
-    with pytest.raises(ValueError, match='lr=-1.0'):
-        E.load_group_hypers(fresh, {'param_groups': [{**saved[0], 'lr': -1.}, saved[1]]})
+def test_checkpoint_layout():
+    ps = list(tiny_model().parameters())
+    sd = E.sgd_mom_opt(two_groups(ps), lr=0.1, mom=0.9).state_dict()
+    assert sd == {'state': {}, 'param_groups': [{'lr': 0.3, 'mom': 0.9, 'wd': 0., 'params': [0, 1]},
+                                                {'lr': 0.1, 'mom': 0.9, 'wd': 0., 'params': [2, 3]}]}
 
 # ---------------------------------------------------------------- chapter 05's callbacks, with ours and torch's optimizers
 def blob_data(n=320, seed=0, bs=32):
