@@ -16,8 +16,6 @@ class DataBunch:
         self.train_dl, self.valid_dl, self.c_in, self.c_out = train_dl, valid_dl, c_in, c_out
 
     @property
-    def c(self): return self.c_out
-    @property
     def train_ds(self): return self.train_dl.dataset
     @property
     def valid_ds(self): return self.valid_dl.dataset

@@ -58,8 +58,7 @@ def cos_1cycle_anneal(start, high, end):
 class Recorder(Callback):
     "Record the learning rate of each param group and the loss of every training batch; plot them."
     order = 1
-    def begin_fit(self):
-        self.lrs, self._losses, self._floats = [[] for _ in self.opt.param_groups], [], []
+    def begin_fit(self): self.lrs, self._losses = [[] for _ in self.opt.param_groups], []
 
     def after_batch(self):
         run = self.run
@@ -69,10 +68,8 @@ class Recorder(Callback):
 
     @property
     def losses(self):
-        "The recorded training losses as floats (converted once, in bulk)."
-        if len(self._floats) < len(self._losses):
-            self._floats += torch.stack(self._losses[len(self._floats):]).float().cpu().tolist()
-        return self._floats
+        "The recorded training losses as floats (converted in bulk, when read)."
+        return torch.stack(self._losses).float().tolist() if self._losses else []
 
     def _plot(self, xs, ys, xlabel, ylabel):
         fig, ax = plt.subplots(figsize=(4, 2.5))

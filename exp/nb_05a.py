@@ -85,7 +85,8 @@ def set_rng_states(s):
 def loader_state(dl):
     "The random state of loader `dl`: its `state_dict()`, or a DataLoader's generators and seed."
     if hasattr(dl, 'state_dict'): return dl.state_dict()
-    g, sampler = getattr(dl, 'generator', None), getattr(dl, 'sampler', None)   # None: a plain iterable
+    # a plain iterable of batches has neither:
+    g, sampler = getattr(dl, 'generator', None), getattr(dl, 'sampler', None)
     sg = getattr(sampler, 'generator', None)
     return {'generator': None if g is None else g.get_state(),
             'sampler_generator': None if sg is None or sg is g else sg.get_state(),
