@@ -204,8 +204,8 @@ class CheckpointCallback(Callback):
         sd = m.state_dict()
         hist = next((cb.history for cb in run.cbs if isinstance(cb, AvgStatsCallback)), [])
         return {'format': CHECKPOINT_FORMAT, 'epoch': self.done, 'epochs': run.epochs,
-                'n_iter': run.n_iter, 'n_epochs': float(run.n_epochs),
-                'model': sd, 'model_info': model_info(m, sd), 'opt': opt.state_dict(), 'rng': rngs,
+                'n_iter': run.n_iter, 'model': sd, 'model_info': model_info(m, sd),
+                'opt': opt.state_dict(), 'rng': rngs,
                 'loader': loader_state(run.data.train_dl), 'history': [dict(h) for h in hist],
                 'config': self.config, 'interrupted': interrupted}
 
@@ -249,8 +249,7 @@ def check_run_dir(out):
 def prepare_run_dir(out):
     "Create the run folder `out` after `check_run_dir`, so a previous run is never overwritten."
     out = check_run_dir(out)
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise cannot_create(out, e, out.parent) from e
+    out.mkdir(parents=True, exist_ok=True)       # check_run_dir made a folder there already
     return out
 
 # %% ../nbs/05a_checkpoints.ipynb #6c545ac6
