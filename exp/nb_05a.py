@@ -112,7 +112,7 @@ def model_info(model, state=None):
     "A model's class name, parameter count and outputs of its last weight, for messages."
     sd = state if state is not None else unwrap_model(model).state_dict()
     ws = [v for k, v in sd.items() if k.endswith('weight') and v.ndim >= 2]
-    return {'arch': type(unwrap_model(model)).__name__ if model is not None else '?',
+    return {'arch': type(unwrap_model(model)).__name__,
             'n_params': int(sum(v.numel() for k, v in sd.items() if v.is_floating_point())),
             'n_out': int(ws[-1].shape[0]) if ws else None}
 
