@@ -5,49 +5,48 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'LOCK_NAME', 'synth_learner',
            'broadcast_object', 'set_seed', 'get_rng_states', 'set_rng_states', 'loader_state', 'set_loader_state',
            'interrupted_path', 'model_info', 'describe_model', 'check_state_fits', 'read_checkpoint', 'load_checkpoint',
            'CheckpointCallback', 'cannot_create', 'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger',
-           'plot_run', 'epoch_rows', 'markdown_table', 'resume_config', 'resume_rows', 'saved_stats', 'saved_recipe',
-           'settle_failed_run', 'dist', 'DDP']
+           'plot_run', 'epoch_rows', 'markdown_table', 'resume_config', 'resume_rows', 'settle_failed_run', 'dist',
+           'DDP']
 
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
 from .nb_05 import *
 reexport(globals(), 'exp.nb_05')   # pass on every name of the chapters before
-import contextlib, numbers, io, csv, random, dataclasses
+import contextlib, io, csv, random
 import filelock
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-_all_ = ['dist', 'DDP']   # later chapters (06a, 10) use them too
+_all_ = ['dist', 'DDP']   # handed on to the chapters after this one
 
 # %% ../nbs/05a_checkpoints.ipynb #73d875a4
 def synth_learner(n=96, bs=32, seed=0, lr=0.1):
-    "A tiny MLP `Learner` (8 inputs, 3 classes) on fixed random data, for examples and tests; `seed` sets only the initial weights."
+    "A tiny MLP `Learner` (8 inputs, 3 classes) on fixed random data; `seed`: initial weights."
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)   # (n, 8), (n,)
     torch.manual_seed(seed)
-    data = DataBunch(DataLoader(Dataset(x, y), batch_size=bs, shuffle=True), DataLoader(Dataset(x, y), batch_size=bs), c_in=8, c_out=3)
+    ds = Dataset(x, y)
+    dls = DataLoader(ds, batch_size=bs, shuffle=True), DataLoader(ds, batch_size=bs)
+    data = DataBunch(*dls, c_in=8, c_out=3)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     return Learner(model, optim.SGD(model.parameters(), lr=lr, momentum=0.9), F.cross_entropy, data)
 
 # %% ../nbs/05a_checkpoints.ipynb #3e33f1cb
 def env_int(name, default):
-    "Integer environment variable `name` (or `default` when unset), with an error naming it when it is not an int >= 0."
-    v = os.environ.get(name)
-    if v is None or v == '': return default
-    try: i = int(v)
-    except ValueError: i = -1
-    if i < 0: raise ValueError(f"environment variable {name}={v!r} must be an int >= 0 (torchrun sets it)")
-    return i
+    "Integer environment variable `name` (`default` when unset); it must be an int >= 0."
+    v = os.environ.get(name) or str(default)
+    if not v.isdigit(): raise ValueError(f"environment variable {name}={v!r} must be an int >= 0")
+    return int(v)
 
 def is_main_process():
-    "True on the process that logs and writes files: rank 0 of the process group, or the only process."
+    "True on the process that logs and writes files: rank 0, or the only process."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank() == 0
     return env_int('RANK', 0) == 0
 
 def unwrap_model(m):
-    "The plain module inside a DistributedDataParallel (or DataParallel) wrapper; `m` itself otherwise."
+    "The plain module inside a (Distributed)DataParallel wrapper; `m` itself otherwise."
     return m.module if isinstance(m, (DDP, nn.DataParallel)) else m
 
 def broadcast_object(obj, src=0):
-    "Rank `src`'s value of the picklable `obj` on every process (just `obj` when there is no process group)."
+    "Rank `src`'s value of the picklable `obj` on every process (`obj` without a process group)."
     if not (dist.is_available() and dist.is_initialized()): return obj
     box = [obj]
     dist.broadcast_object_list(box, src)
@@ -56,149 +55,138 @@ def broadcast_object(obj, src=0):
 # %% ../nbs/05a_checkpoints.ipynb #71f61476
 def set_seed(seed):
     "Seed Python, NumPy and torch (CPU and CUDA) so that a run can be repeated."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
 
 def get_rng_states():
-    "The states of the random generators a run draws from: torch CPU and CUDA, numpy, Python's random (weights_only-safe)."
+    "The states of torch's (CPU, CUDA), NumPy's and Python's random generators, weights_only-safe."
     name, keys, pos, has_gauss, gauss = np.random.get_state()
+    keys = torch.from_numpy(keys.astype(np.int64))
     version, pystate, pygauss = random.getstate()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-            'numpy': {'name': name, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
-                      'has_gauss': int(has_gauss), 'cached_gaussian': float(gauss)},
-            'python': {'version': version, 'state': torch.tensor(pystate, dtype=torch.int64), 'gauss': pygauss}}
+            'cuda': torch.cuda.get_rng_state_all() if cuda else [],
+            'numpy': {'name': name, 'keys': keys, 'pos': int(pos), 'has_gauss': int(has_gauss),
+                      'cached_gaussian': float(gauss)},
+            'python': {'version': version, 'state': torch.tensor(pystate), 'gauss': pygauss}}
 
 def set_rng_states(s):
     "Restore generator states saved by `get_rng_states`."
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(s['cuda'])
-    n = s['numpy']
-    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
-    p = s['python']
+    n, p = s['numpy'], s['python']
+    keys = n['keys'].numpy().astype(np.uint32)
+    np.random.set_state((n['name'], keys, n['pos'], n['has_gauss'], n['cached_gaussian']))
     random.setstate((p['version'], tuple(p['state'].tolist()), p['gauss']))
 
 def loader_state(dl):
-    "The random state of a DataLoader (its generator, its sampler's, a DistributedSampler's seed) or of a TensorBatchLoader (order, augmentation)."
-    g, sampler = getattr(dl, 'generator', None) or getattr(dl, 'gen', None), getattr(dl, 'sampler', None)  # gen: TensorBatchLoader
-    sg, ag = getattr(sampler, 'generator', None), getattr(dl, 'aug_gen', None)
+    "The random state of loader `dl`: its `state_dict()`, or a DataLoader's generators and seed."
+    if hasattr(dl, 'state_dict'): return dl.state_dict()
+    # a plain iterable of batches has neither:
+    g, sampler = getattr(dl, 'generator', None), getattr(dl, 'sampler', None)
+    sg = getattr(sampler, 'generator', None)
     return {'generator': None if g is None else g.get_state(),
             'sampler_generator': None if sg is None or sg is g else sg.get_state(),
-            'sampler_seed': getattr(sampler, 'seed', None),
-            'aug_generator': None if ag is None else {'device': ag.device.type, 'state': ag.get_state()}}
+            'sampler_seed': getattr(sampler, 'seed', None)}
 
 def set_loader_state(dl, s):
-    "Restore the shuffling state saved by `loader_state` into DataLoader (or TensorBatchLoader) `dl`."
-    g, sampler = getattr(dl, 'generator', None) or getattr(dl, 'gen', None), getattr(dl, 'sampler', None)
-    sg = getattr(sampler, 'generator', None)
-    if g is not None and s['generator'] is not None: g.set_state(s['generator'])
-    if sg is not None and sg is not g and s['sampler_generator'] is not None: sg.set_state(s['sampler_generator'])
-    if s['sampler_seed'] is not None and hasattr(sampler, 'seed'): sampler.seed = s['sampler_seed']
-    ag, sa = getattr(dl, 'aug_gen', None), s.get('aug_generator')   # absent from older checkpoints
-    if ag is None or sa is None: return
-    if sa['device'] == ag.device.type: ag.set_state(sa['state'])
-    else: warnings.warn(f"the random crops were drawn on {sa['device']} before, on {ag.device.type} now: they restart from "
-                        "the loader's seed, so the resumed epochs will not repeat the uninterrupted run exactly")
+    "Restore the random state `loader_state` saved into loader `dl`."
+    if hasattr(dl, 'load_state_dict'): return dl.load_state_dict(s)
+    if s['generator'] is not None: dl.generator.set_state(s['generator'])
+    if s['sampler_generator'] is not None: dl.sampler.generator.set_state(s['sampler_generator'])
+    if s['sampler_seed'] is not None: dl.sampler.seed = s['sampler_seed']
 
 # %% ../nbs/05a_checkpoints.ipynb #d487d0b1
 CHECKPOINT_FORMAT = 'exp-checkpoint-v1'
 CHECKPOINT_NAME = 'checkpoint.pt'
 
 def interrupted_path(path):
-    "Where CheckpointCallback puts the mid-epoch checkpoint written on Ctrl-C: checkpoint.pt -> checkpoint.interrupted.pt."
+    "Where the checkpoint written on Ctrl-C goes: checkpoint.pt -> checkpoint.interrupted.pt."
     path = Path(path)
     return path.with_name(path.stem + '.interrupted' + path.suffix)
 
 def model_info(model, state=None):
-    "A short description of a model for error messages: class name, parameter count and outputs of its last weight."
+    "A model's class name, parameter count and outputs of its last weight, for messages."
     sd = state if state is not None else unwrap_model(model).state_dict()
     ws = [v for k, v in sd.items() if k.endswith('weight') and v.ndim >= 2]
-    return {'arch': type(unwrap_model(model)).__name__ if model is not None else '?',
+    return {'arch': type(unwrap_model(model)).__name__,
             'n_params': int(sum(v.numel() for k, v in sd.items() if v.is_floating_point())),
             'n_out': int(ws[-1].shape[0]) if ws else None}
 
 def describe_model(info, config=None):
-    "One line of text for a `model_info` dict (plus the config's arch name if any): 'Sequential (mlp), 3 outputs, 195 values'."
-    arch = info['arch'] + (f" ({config['arch']})" if isinstance(config, dict) and config.get('arch') else '')
+    "A `model_info` dict (and config's arch) in words: 'Sequential (mlp), 3 outputs, 195 values'."
+    arch = info['arch'] + (f" ({config['arch']})" if config and config.get('arch') else '')
     return f"{arch}, {info['n_out']} outputs, {info['n_params']:,} values"
 
 def check_state_fits(ck_sd, sd, what):
-    "Raise ValueError starting with `what` and listing missing, unexpected and differently shaped tensors."
+    "Raise ValueError starting with `what` and listing missing, unexpected and misshapen tensors."
     missing, extra = [k for k in sd if k not in ck_sd], [k for k in ck_sd if k not in sd]
     shapes = [f"{k}: {tuple(ck_sd[k].shape)} in the checkpoint vs {tuple(sd[k].shape)} in the model"
               for k in sd if k in ck_sd and ck_sd[k].shape != sd[k].shape]
-    if not (missing or extra or shapes): return
-    parts = ([f"different shapes ({'; '.join(shapes[:3])})"] if shapes else []) + \
-            ([f"missing from the checkpoint: {missing[:3]}"] if missing else []) + \
-            ([f"not in the model: {extra[:3]}"] if extra else [])
-    raise ValueError(f"{what}: {', '.join(parts)}")
+    parts = []
+    if shapes: parts.append(f"different shapes ({'; '.join(shapes[:3])})")
+    if missing: parts.append(f"missing from the checkpoint: {missing[:3]}")
+    if extra: parts.append(f"not in the model: {extra[:3]}")
+    if parts: raise ValueError(f"{what}: {', '.join(parts)}")
 
 def read_checkpoint(path):
-    "torch.load a checkpoint written by CheckpointCallback (weights_only=True, on the CPU), with clear errors."
+    "torch.load a checkpoint of CheckpointCallback (weights_only, on the CPU), with clear errors."
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}: pass the path of a checkpoint.pt that CheckpointCallback wrote")
+    if not path.is_file(): raise FileNotFoundError(f"no checkpoint file at {path}")
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} could not be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-                         "it is damaged or not a torch file") from e
+        raise ValueError(f"{path} could not be read as a checkpoint ({type(e).__name__}: "
+                         f"{str(e)[:200]}); it is damaged or not a torch file") from e
     if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is a torch file but not a checkpoint written by CheckpointCallback "
+        raise ValueError(f"{path} is not a checkpoint written by CheckpointCallback "
                          f"(expected format {CHECKPOINT_FORMAT!r})")
     return ck
 
 def load_checkpoint(path, model, opt=None):
-    "Load checkpoint `path` (weights_only) into `model` and, if given, `opt`; return the checkpoint dict."
+    "Load checkpoint `path` into `model` and, if given, `opt`; return the checkpoint dict."
     ck, m = read_checkpoint(path), unwrap_model(model)
     sd = m.state_dict()
-    check_state_fits(ck['model'], sd, f"{path} holds a {describe_model(ck['model_info'], ck.get('config'))} but the model "
-                                      f"is a {describe_model(model_info(m, sd))}; they do not fit")
+    saved, now = describe_model(ck['model_info'], ck['config']), describe_model(model_info(m, sd))
+    check_state_fits(ck['model'], sd, f"{path} holds a {saved} but the model is a {now}")
     m.load_state_dict(ck['model'])
-    if opt is not None:
-        if ck['opt'] is None: raise ValueError(f"{path} has no optimizer state (the optimizer had no state_dict); pass opt=None")
-        try: opt.load_state_dict(ck['opt'])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise ValueError(f"{path}: the saved optimizer state does not fit {type(opt).__name__} ({e})") from e
+    if opt is None: return ck
+    try: opt.load_state_dict(ck['opt'])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{path}: optimizer state does not fit {type(opt).__name__}: {e}") from e
     return ck
 
 # %% ../nbs/05a_checkpoints.ipynb #d1fa9cfa
 class CheckpointCallback(Callback):
-    "Write model, optimizer, RNG, data order and progress to `path` atomically every `every` epochs, at the end and on Ctrl-C."
+    "Save the run state to `path` every `every` epochs, at the end and on Ctrl-C; `resume` it."
     order = 20   # after AvgStatsCallback (0): the saved history holds the epoch just finished
     def __init__(self, path, every=1, config=None, resume=None):
-        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-            raise ValueError(f"CheckpointCallback: every must be a positive int (epochs between saves), got {every!r}")
-        if config is not None:
-            if not isinstance(config, dict): raise TypeError(f"CheckpointCallback: config must be a dict, got {type(config).__name__}")
-            try: config = json.loads(json.dumps(config))           # JSON types only: safe for weights_only loading
-            except (TypeError, ValueError) as e: raise TypeError(f"CheckpointCallback: config must be JSON-serialisable ({e})") from e
-        if resume is True: resume = path
-        self.path, self.every, self.config, self.resume, self.done = Path(path), int(every), config, resume, None
+        if config is not None: config = json.loads(json.dumps(config))   # weights_only-safe types
+        self.path, self.every, self.config, self.done = Path(path), every, config, None
+        self.resume = path if resume is True else resume
 
     def begin_fit(self):
-        run = self.run
-        self.done = getattr(run, 'start_epoch', 0)
-        if is_main_process(): remove_stale_temps(self.path); remove_stale_temps(interrupted_path(self.path))
+        self.done = 0
+        if is_main_process():
+            remove_stale_temps(self.path)
+            remove_stale_temps(interrupted_path(self.path))
         if self.resume is not None: self.restore(self.resume)
 
     def restore(self, src):
-        "Load checkpoint `src` (a path, or a dict from load_checkpoint) into the run and continue after its last epoch."
+        "Load checkpoint `src` (a path, or a dict of load_checkpoint) into the run, to continue it."
         run = self.run
         ck = src if isinstance(src, dict) else load_checkpoint(src, run.model, run.opt)
-        k = ck['epoch']
-        if getattr(run, 'start_epoch', None) is None:
-            raise TypeError("CheckpointCallback(resume=...) needs a Runner whose fit takes start_epoch (notebook 05's Runner)")
-        if run.start_epoch not in (0, k):
-            raise ValueError(f"fit(start_epoch={run.start_epoch}) but the checkpoint finished {k} epochs; pass start_epoch={k} or 0")
+        k, states = ck['epoch'], ck['rng']
         if k >= run.epochs:
-            raise ValueError(f"the checkpoint has already finished {k} epochs and fit asks for {run.epochs}: nothing to resume")
+            raise ValueError(f"{k} epochs done, fit asks for {run.epochs}: nothing to resume")
         if ck['epochs'] != run.epochs:
-            warnings.warn(f"resuming a run of {ck['epochs']} epochs as one of {run.epochs}: schedules (lr, ...) change course")
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        states = ck['rng']
-        if len(states) != (dist.get_world_size() if dist.is_initialized() else 1):
-            warnings.warn(f"checkpoint saved by {len(states)} processes, resumed by another number: random streams differ")
+            n = ck['epochs']
+            warnings.warn(f"a run of {n} epochs resumed as one of {run.epochs}: schedules change")
+        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+        if len(states) != world:
+            warnings.warn(f"saved by {len(states)} processes, resumed by {world}: new random draws")
         set_rng_states(states[rank % len(states)])
         set_loader_state(run.data.train_dl, ck['loader'])
         run.start_epoch, run.n_iter, self.done = k, ck['n_iter'], k
@@ -206,20 +194,19 @@ class CheckpointCallback(Callback):
             if isinstance(cb, AvgStatsCallback): cb.history = [dict(h) for h in ck['history']]
 
     def state(self, interrupted=None):
-        "The checkpoint dict for the current state of the run (RNG states of every rank, gathered to all)."
+        "The checkpoint dict of the run now (with the RNG states of every rank, gathered to all)."
         run = self.run
-        rng = get_rng_states()
-        if dist.is_initialized() and interrupted is None:       # no collectives on Ctrl-C: other ranks may be gone
-            rngs = [None] * dist.get_world_size(); dist.all_gather_object(rngs, rng)
-        else: rngs = [rng]
+        rngs = [get_rng_states()]
+        if dist.is_initialized() and interrupted is None:   # not on Ctrl-C: other ranks may be gone
+            rngs = [None] * dist.get_world_size()
+            dist.all_gather_object(rngs, get_rng_states())
         m, opt = unwrap_model(run.model), run.opt
         sd = m.state_dict()
         hist = next((cb.history for cb in run.cbs if isinstance(cb, AvgStatsCallback)), [])
-        return {'format': CHECKPOINT_FORMAT, 'epoch': self.done, 'epochs': run.epochs, 'n_iter': run.n_iter,
-                'n_epochs': float(run.n_epochs), 'model': sd, 'model_info': model_info(m, sd),
-                'opt': opt.state_dict() if hasattr(opt, 'state_dict') else None,
-                'hypers': [{k: v for k, v in pg.items() if k != 'params'} for pg in opt.param_groups],
-                'rng': rngs, 'loader': loader_state(run.data.train_dl), 'history': [dict(h) for h in hist],
+        return {'format': CHECKPOINT_FORMAT, 'epoch': self.done, 'epochs': run.epochs,
+                'n_iter': run.n_iter, 'model': sd, 'model_info': model_info(m, sd),
+                'opt': opt.state_dict(), 'rng': rngs,
+                'loader': loader_state(run.data.train_dl), 'history': [dict(h) for h in hist],
                 'config': self.config, 'interrupted': interrupted}
 
     def after_epoch(self):
@@ -231,36 +218,38 @@ class CheckpointCallback(Callback):
 
     def after_fit(self):
         if self.done is None: return
-        exc = sys.exc_info()[1]
-        if isinstance(exc, KeyboardInterrupt) and is_main_process() and self.run.learn is not None:
-            atomic_save(self.state(interrupted={'epoch': self.run.epoch, 'iter': self.run.iter}), interrupted_path(self.path))
+        run = self.run
+        ctrl_c = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        if ctrl_c and is_main_process() and run.learn is not None:
+            ck = self.state(interrupted={'epoch': run.epoch, 'iter': run.iter})
+            atomic_save(ck, interrupted_path(self.path))
         self.done = None
 
 # %% ../nbs/05a_checkpoints.ipynb #96c19fcc
 def cannot_create(out, e, where):
-    "The OSError (same errno) for a run folder `out` that cannot be created in `where`: names both and the fix; `.arg` is 'out'."
-    err = OSError(e.errno, f"run folder {str(out)!r} cannot be created: {where} is not a folder you can write to "
-                           f"({e.strerror or e}); choose a run folder in a folder you can write to")
-    err.arg = 'out'                            # the argument to change: the command line names its flag
+    "The OSError (same errno, `.arg` 'out') for run folder `out` that cannot be made in `where`."
+    err = OSError(e.errno, f"run folder {str(out)!r} cannot be created: {where} is not a folder "
+                           f"you can write to ({e.strerror or e}); choose another place")
+    err.arg = 'out'                            # the argument to change
     return err
 
 def check_run_dir(out):
-    "Raise `ArgError` for `out` if it exists and is not an empty folder, an OSError naming it if it cannot be created."
+    "Raise `ArgError` unless `out` is a new or empty folder, an OSError if it cannot be made."
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ArgError('out', str(out), "is a file, not a folder; pass a new folder name for the run")
+        raise ArgError('out', str(out), "is a file, not a folder; pass a new folder name")
     if out.exists() and any(out.iterdir()):
-        raise ArgError('out', str(out), "already exists and is not empty; pass a new folder (or delete it): runs are never overwritten")
+        raise ArgError('out', str(out), "already exists and is not empty; pass a new folder "
+                                        "(or delete it): runs are never overwritten")
     base = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
-    try: os.rmdir(tempfile.mkdtemp(dir=base, prefix='.exp-write-test-'))   # the only reliable test: create a folder there
+    try: os.rmdir(tempfile.mkdtemp(dir=base, prefix='.exp-write-test-'))   # the only reliable test
     except OSError as e: raise cannot_create(out, e, base) from e
     return out
 
 def prepare_run_dir(out):
     "Create the run folder `out` after `check_run_dir`, so a previous run is never overwritten."
     out = check_run_dir(out)
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise cannot_create(out, e, out.parent) from e
+    out.mkdir(parents=True, exist_ok=True)       # check_run_dir made a folder there already
     return out
 
 # %% ../nbs/05a_checkpoints.ipynb #6c545ac6
@@ -268,15 +257,15 @@ LOCK_NAME = '.exp-run.lock'   # the lock file inside a run folder
 
 @contextlib.contextmanager
 def run_dir_lock(out):
-    "Hold the lock of run folder `out` for the `with` body (rank 0 passes `out`, other ranks None); a folder in use raises RunSetupError on every rank."
+    "Hold run folder `out`'s lock in the `with` body (other ranks pass None)."
     lock, msg = None, ''
     if out is not None:
         lock = filelock.FileLock(Path(out) / LOCK_NAME, timeout=0)
         try: lock.acquire()
         except filelock.Timeout:
-            lock, msg = None, (f"run folder {out} is in use by another training process (the same run resumed twice?): "
-                               "wait for it to end, or stop it, then try again")
-    msg = broadcast_object(msg)                  # under torchrun every rank learns rank 0's answer, none is left waiting
+            lock, msg = None, (f"run folder {out} is in use by another training process (the "
+                               "same run resumed twice?): wait for it to end or stop it")
+    msg = broadcast_object(msg)        # every rank learns rank 0's answer: none is left waiting
     try:
         if msg: raise RunSetupError(msg)
         yield
@@ -284,43 +273,55 @@ def run_dir_lock(out):
         if lock is not None: lock.release()
 
 # %% ../nbs/05a_checkpoints.ipynb #2af7a4c9
+def _row(epoch, h):
+    "The metrics.json row of epoch `epoch` (1-based) from AvgStatsCallback history entry `h`."
+    return dict(epoch=epoch,
+                train_loss=float(h['train_loss']), train_acc=float(h['train_accuracy']),
+                valid_loss=float(h['valid_loss']), valid_acc=float(h['valid_accuracy']))
+
 class RunLogger(Callback):
-    "After each epoch, write metrics.csv and metrics.json (train/valid loss and accuracy, lr, seconds) into `run_dir` atomically."
-    order = 19  # after AvgStatsCallback (0) has finished the epoch's history; before CheckpointCallback (20), so that
-                # metrics.json is never behind checkpoint.pt (a resume drops rows of epochs the checkpoint lacks)
+    "After each epoch, write metrics.csv and metrics.json into `run_dir`."
+    order = 19  # after AvgStatsCallback (0), before CheckpointCallback (20): metrics never lag
     def __init__(self, run_dir, rows=None):
-        self.run_dir, self.rows0 = Path(run_dir), list(rows or [])   # rows0: epochs a resumed run already did
+        self.run_dir, self.rows0 = Path(run_dir), list(rows or [])   # rows0: a resumed run's past
         self.rows = list(self.rows0)
-    def begin_fit(self): self.rows, self.t0 = list(self.rows0), time.time()
+
+    def begin_fit(self): self.rows = list(self.rows0)
     def begin_epoch(self): self.t_epoch = time.time()
+
     def after_epoch(self):
         h = self.run.avg_stats.history[-1]
-        self.rows.append(dict(epoch=self.run.epoch + 1, train_loss=float(h['train_loss']), train_acc=float(h['train_accuracy']),
-                              valid_loss=float(h['valid_loss']), valid_acc=float(h['valid_accuracy']),
-                              lr=float(self.opt.param_groups[0]['lr']), seconds=round(time.time() - self.t_epoch, 2)))
+        self.rows.append(dict(_row(self.run.epoch + 1, h), lr=float(self.opt.param_groups[0]['lr']),
+                              seconds=round(time.time() - self.t_epoch, 2)))
         self.save()
+
     def save(self):
         "Rewrite metrics.csv and metrics.json from the rows so far."
-        s = io.StringIO(); w = csv.DictWriter(s, fieldnames=list(self.rows[0])); w.writeheader(); w.writerows(self.rows)
+        s = io.StringIO()
+        w = csv.DictWriter(s, fieldnames=list(self.rows[0]))
+        w.writeheader()
+        w.writerows(self.rows)
         atomic_write(self.run_dir / 'metrics.csv', s.getvalue())
         atomic_write(self.run_dir / 'metrics.json', json.dumps(self.rows, indent=1))
 
 def plot_run(rows, lrs, path=None):
-    "Three panels (loss, lr, accuracy) of a run; saved to `path` (PNG, atomically) when given, else returned as a Figure."
+    "Three panels (loss, lr, accuracy) of a run: saved to `path` (PNG) if given, else the Figure."
     from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    fig = Figure(figsize=(8, 2.6), dpi=90); FigureCanvasAgg(fig)
+    fig = Figure(figsize=(8, 2.6), dpi=90)
     ax = fig.subplots(1, 3)
     ep = [r['epoch'] for r in rows]
-    ax[0].plot(ep, [r['train_loss'] for r in rows], 'o-', label='train'); ax[0].plot(ep, [r['valid_loss'] for r in rows], 'o-', label='valid')
-    ax[0].set(title='loss', xlabel='epoch'); ax[0].legend()
-    ax[1].plot(lrs); ax[1].set(title='learning rate', xlabel='batch')
-    ax[2].plot(ep, [r['train_acc'] for r in rows], 'o-', label='train'); ax[2].plot(ep, [r['valid_acc'] for r in rows], 'o-', label='valid')
-    ax[2].set(title='accuracy', xlabel='epoch'); ax[2].legend()
+    for a, key in ((ax[0], 'loss'), (ax[2], 'acc')):
+        for split in ('train', 'valid'):
+            a.plot(ep, [r[f'{split}_{key}'] for r in rows], 'o-', label=split)
+        a.set(title='loss' if key == 'loss' else 'accuracy', xlabel='epoch')
+        a.legend()
+    ax[1].plot(lrs)
+    ax[1].set(title='learning rate', xlabel='batch')
     fig.tight_layout()
     if path is None: return fig
-    import io
-    buf = io.BytesIO(); fig.savefig(buf, format='png'); atomic_write(path, buf.getvalue())
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png')
+    atomic_write(path, buf.getvalue())
     return path
 
 def epoch_rows(run):
@@ -328,71 +329,65 @@ def epoch_rows(run):
     return [dict(h) for h in run.avg_stats.history]
 
 def markdown_table(rows, cols):
-    "Format a list of dicts as a markdown table with the given columns (floats to 4 significant digits)."
+    "A list of dicts as a markdown table of columns `cols` (floats to 4 significant digits)."
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join('---' for _ in cols) + '|']
-    return '\n'.join(lines + ['| ' + ' | '.join(fmt(r.get(c, '')) for c in cols) + ' |' for r in rows])
+    line = lambda items: '| ' + ' | '.join(items) + ' |'
+    lines = [line(cols), '|' + '|'.join('---' for _ in cols) + '|']
+    return '\n'.join(lines + [line(fmt(r.get(c, '')) for c in cols) for r in rows])
 
 # %% ../nbs/05a_checkpoints.ipynb #c6321ca8
 def resume_config(run_dir):
-    "For resuming the run in `run_dir`: its config.json (a dict) and the path of its checkpoint.pt; ArgError says what is wrong."
+    "The config.json (a dict) and checkpoint path of the run in `run_dir`, or an ArgError."
     run_dir = Path(run_dir)
     bad = lambda why: ArgError('run_dir', str(run_dir), why)
     if not run_dir.is_dir(): raise bad("no such folder; pass the run folder that training created")
     cfg_path, ck_path = run_dir / 'config.json', run_dir / CHECKPOINT_NAME
-    if not cfg_path.is_file(): raise bad("no config.json there, so it is not a run folder written by a training run")
+    if not cfg_path.is_file(): raise bad("no config.json there, so it is not a run folder")
     try: cfg = json.loads(cfg_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise bad(f"its config.json is not valid JSON ({e}); fix or recreate it") from e
-    if not isinstance(cfg, dict): raise bad(f"its config.json must hold a JSON object (the run's settings), not a {type(cfg).__name__}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad(f"its config.json is not valid JSON ({e}); fix or recreate it") from e
+    if not isinstance(cfg, dict): raise bad("its config.json must hold a JSON object")
     if not ck_path.is_file():
         ip = interrupted_path(ck_path)
-        hint = (f"; only {ip.name} (saved on Ctrl-C in the middle of an epoch) is there: resume from it explicitly "
-                "to keep that partial epoch's progress" if ip.is_file() else
-                "; the run stopped before its first checkpoint: start it again")
-        raise bad(f"no {CHECKPOINT_NAME}{hint}")
+        hint = (f"only {ip.name} (saved on Ctrl-C mid-epoch) is there: resume from it "
+                "explicitly to keep that partial epoch" if ip.is_file() else
+                "the run stopped before its first checkpoint: start it again")
+        raise bad(f"no {CHECKPOINT_NAME}; {hint}")
     ck = read_checkpoint(ck_path)
-    if ck['epoch'] >= ck['epochs']: raise bad(f"the run already finished all {ck['epochs']} epochs; nothing to resume")
+    if ck['epoch'] >= ck['epochs']:
+        raise bad(f"the run already finished all {ck['epochs']} epochs; nothing to resume")
     if ck['config'] is not None and ck['config'] != cfg:
         diff = sorted(k for k in set(cfg) | set(ck['config']) if cfg.get(k) != ck['config'].get(k))
-        warnings.warn(f"{cfg_path} differs from the config saved in {ck_path.name} in {diff}; using config.json")
+        warnings.warn(f"{cfg_path} differs from {ck_path.name}'s config in {diff}; using the file")
     return cfg, ck_path
 
 # %% ../nbs/05a_checkpoints.ipynb #6341edc8
 def resume_rows(saved, history, done):
-    "metrics.json rows of the `done` finished epochs of a resumed run: the saved ones, any missing rebuilt from the checkpoint's `history` (no lr)."
-    by_epoch = {r.get('epoch'): r for r in saved if isinstance(r, dict)}
-    def rebuilt(e, h): return dict(epoch=e, train_loss=float(h['train_loss']), train_acc=float(h['train_accuracy']),
-                                   valid_loss=float(h['valid_loss']), valid_acc=float(h['valid_accuracy']), lr=None,
-                                   seconds=round(float(h['time']), 2))
+    "metrics.json rows of the `done` finished epochs: `saved` ones, else rebuilt from `history`."
+    by_epoch = {r['epoch']: r for r in saved}
+    def rebuilt(e, h): return dict(_row(e, h), lr=None, seconds=round(float(h['time']), 2))
     return [by_epoch.get(e) or rebuilt(e, history[e - 1]) for e in range(1, done + 1)]
-
-def saved_stats(run_dir, default):
-    "The (mean, std) a run was normalised with, from its config.json; `default` for runs saved before they were recorded."
-    st = json.loads((Path(run_dir) / 'config.json').read_text()).get('stats')
-    return (st['mean'], st['std']) if isinstance(st, dict) and 'mean' in st and 'std' in st else default
-
-def saved_recipe(run_dir, default, legacy=None):
-    "The recipe a run recorded (config.json's 'recipe') as a dataclass like `default`; fields it lacks from `legacy`, else `default`'s."
-    rec, known = json.loads((Path(run_dir) / 'config.json').read_text()).get('recipe'), {f.name for f in dataclasses.fields(default)}
-    if not isinstance(rec, dict): return default                                  # a run saved before recipes were recorded
-    return dataclasses.replace(default, **{**(legacy or {}), **{k: v for k, v in rec.items() if k in known}})
 
 # %% ../nbs/05a_checkpoints.ipynb #32395226
 def settle_failed_run(out, exc=None, created=True):
-    "After a failed run: keep a run folder whose checkpoint holds finished epochs and say how to resume; else remove what the run wrote."
+    "After a failed run: keep a run folder whose checkpoint holds finished epochs, else remove it."
     out, ck = Path(out), Path(out) / CHECKPOINT_NAME
     if ck.is_file():
-        try: d = read_checkpoint(ck); k, n = d['epoch'], d['epochs']
+        try:
+            d = read_checkpoint(ck)
+            k, n = d['epoch'], d['epochs']
         except (OSError, ValueError): k, n = None, None
-        if k is not None and k >= n:   # training finished, writing model.pt or plot.png failed: nothing to resume
-            note = (f"all {n} epochs finished; the run folder {out} keeps the trained weights in {CHECKPOINT_NAME} "
-                    "(load_checkpoint reads them), but writing the final files failed")
-        else: note = (f"the run folder {out} keeps {CHECKPOINT_NAME} ({'an unreadable checkpoint' if k is None else f'{k} finished epoch(s)'}): "
-                      f"continue the run with resume_train('{out}') (from a shell: exp-train --resume {out})")
-    else:   # no epoch finished: nothing worth keeping, and the same folder must work for the next try
+        if k is not None and k >= n:   # trained; writing the final files failed: nothing to resume
+            note = (f"all {n} epochs finished; the run folder {out} keeps the trained weights in "
+                    f"{CHECKPOINT_NAME} (see load_checkpoint), but writing the final files failed")
+        else:
+            done = 'an unreadable checkpoint' if k is None else f'{k} finished epoch(s)'
+            note = f"the run folder {out} keeps {CHECKPOINT_NAME} ({done}): resume the run from it"
+    else:   # no epoch finished: nothing worth keeping; the same folder must work for the next try
         shutil.rmtree(out, ignore_errors=True)
         if not created: out.mkdir(exist_ok=True)             # the user's empty folder stays, empty
-        note = f"no epoch finished, so the run folder {out} was removed: the same folder can be used again"
+        note = (f"no epoch finished, so the run folder {out} was removed: the same folder can be "
+                "used again")
     if exc is not None: exc.add_note(note)
     print(note, file=sys.stderr)
     return note

@@ -3,7 +3,7 @@
 They use a tiny synthetic problem (3 training batches of 4 items, 2 validation batches of 8) so they run in seconds on a
 CPU and need no data files.
 """
-import math, tempfile
+import math, pickle, tempfile
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import exp.nb_04 as nb04
 import exp.nb_05 as nb05
 from exp.nb_05 import (EVENTS, Callback, Runner, DataBunch, Dataset, get_dls, get_model, AvgStats,
                        AvgStatsCallback, accuracy, CancelBatchException,
-                       TerminateOnNaNCallback, TrainingDiverged, nan_guard, Recorder, ParamScheduler, LR_Find, ProgressCallback, TextLogger,
+                       TerminateOnNaNCallback, TrainingDiverged, Recorder, ParamScheduler, LR_Find, ProgressCallback, TextLogger,
                        combine_scheds, cos_1cycle_anneal, sched_lin, sched_cos, sched_no, sched_exp, camel2snake, listify)
 
 T = torch.optim.lr_scheduler
@@ -38,12 +38,12 @@ def weights(m): return [p.detach().clone() for p in m.parameters()]
 # ---------------------------------------------------------------------------------------------------------- exports
 def test_contract_names_exported():
     for n in ['DataBunch', 'get_model', 'Learner', 'camel2snake', 'listify', 'Callback', 'TrainEvalCallback', 'Runner',
-              'EVENTS', 'AvgStats', 'AvgStatsCallback', 'CallbackHost', 'check_fit_args']:
+              'EVENTS', 'AvgStats', 'AvgStatsCallback', 'CallbackHost']:
         assert n in nb04.__all__, n
     for n in ['CancelTrainException', 'CancelEpochException', 'CancelBatchException', 'Runner', 'TerminateOnNaNCallback',
-              'TrainingDiverged', 'nan_guard',
+              'TrainingDiverged',
               'annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'combine_scheds', 'cos_1cycle_anneal',
-              'Recorder', 'ParamScheduler', 'LR_Find', 'ProgressCallback', 'PrintLogger', 'TextLogger', 'AvgStatsCallback']:
+              'Recorder', 'ParamScheduler', 'LR_Find', 'ProgressCallback', 'TextLogger', 'AvgStatsCallback']:
         assert n in nb05.__all__, n
     assert nb05.Runner is not nb04.Runner and issubclass(nb05.Runner, nb04.Runner)
     assert EVENTS == ('begin_fit', 'begin_epoch', 'begin_batch', 'after_pred', 'after_loss', 'after_backward', 'after_step',
@@ -151,7 +151,6 @@ def test_avg_stats_callback_history():
 def test_no_state_kept_after_fit():
     run = Runner(); run.fit(1, tiny_learner())
     assert run.learn is None and run.xb is None and run.pred is None and run.loss is None
-    with pytest.raises(AttributeError, match='no Learner attached'): run.model
 
 
 # ---------------------------------------------------------------------------------------------------------- bad input
@@ -166,6 +165,13 @@ def test_nonfinite_loss_stops_training(at, value, where, msg):
     assert msg in str(e.value) and isinstance(e.value, FloatingPointError)
     assert (e.value.epoch, e.value.batch, e.value.in_train) == where and str(e.value.value) == str(value)
     assert log.events[-1] == 'after_fit'
+
+
+def test_training_diverged_pickles():
+    "A TrainingDiverged sent back from a worker process keeps its message and attributes."
+    e = TrainingDiverged(math.inf, 2, 7, False)
+    e2 = pickle.loads(pickle.dumps(e))
+    assert (type(e2), str(e2), e2.value, e2.epoch, e2.batch, e2.in_train) == (TrainingDiverged, str(e), math.inf, 2, 7, False)
 
 
 def test_nan_check_can_be_disabled():
@@ -185,9 +191,7 @@ def test_nan_check_takes_a_guard_instance():
     learn = tiny_learner(); learn.loss_func = loss_going_bad(4, math.inf)     # epoch 0, validation batch 1
     run = Runner(nan_check=guard); run.fit(1, learn)
     assert run.terminate_on_nan is guard and [type(cb) for cb in run.cbs].count(NoteNaN) == 1
-    assert guard.bad == [(0, 1, False)] and nan_guard(guard) == [guard] and nan_guard(False) == []
-    with pytest.raises(TypeError, match='nan_check must be True'): Runner(nan_check=None)
-    with pytest.raises(TypeError, match='callback instance'): Runner(nan_check=TerminateOnNaNCallback)
+    assert guard.bad == [(0, 1, False)]
 
 
 def test_keyboard_interrupt_fires_after_fit_and_model_stays_usable():
@@ -208,36 +212,17 @@ def test_error_in_callback_still_fires_after_fit_and_restores_logger():
     assert run.logger is print
 
 
-@pytest.mark.parametrize('epochs', [0, -1, 1.5, True, '2', None])
-def test_bad_epochs(epochs):
-    with pytest.raises(ValueError, match='epochs'): Runner().fit(epochs, tiny_learner())
-
-
-def test_bad_lr_bs_and_learner():
-    d = tiny_learner().data
-    with pytest.raises(ValueError, match='lr'): get_model(d, lr=-0.1)
-    learn = tiny_learner(); learn.opt.param_groups[0]['lr'] = -1e-3
-    with pytest.raises(ValueError, match='lr=-0.001'): Runner().fit(1, learn)
-    with pytest.raises(ValueError, match='bs'): get_dls(d.train_ds, d.valid_ds, 0)
-    with pytest.raises(TypeError, match='learn'): Runner().fit(1, object())
-    empty = tiny_learner(); empty.data = DataBunch(torch.utils.data.DataLoader(Dataset([], []), batch_size=4), d.valid_dl)
-    with pytest.raises(ValueError, match='train_dl'): Runner().fit(1, empty)
-
-
 def test_unknown_event_and_bad_callbacks():
     with pytest.raises(ValueError, match="'begin_fitt'"): Runner()('begin_fitt')
     class Typo(Callback):
         def after_epcoh(self): pass
     with pytest.raises(ValueError, match='after_epcoh'): Runner(cbs=[Typo()])
-    with pytest.raises(TypeError, match=r'Recorder\(\)'): Runner(cbs=[Recorder])
 
 
 def test_param_scheduler_bad_args():
     log = EventLog()
     with pytest.raises(ValueError, match="'lrr'"): Runner(cbs=[log, ParamScheduler('lrr', sched_no(1, 1))]).fit(1, tiny_learner())
     assert log.events == ['begin_fit', 'after_fit']
-    with pytest.raises(ValueError, match='3 schedule functions for 1 param groups'):
-        Runner(cbs=ParamScheduler('lr', [sched_no(1, 1)] * 3)).fit(1, tiny_learner())
 
 
 # ---------------------------------------------------------------------------------------------------------- schedules
@@ -264,9 +249,6 @@ def test_combine_scheds_ends_and_boundaries():
     assert combine_scheds([1., 0.], [sched_lin(1, 2), sched_lin(5, 6)])(1.) == 2
     assert combine_scheds([0., 1.], [sched_lin(1, 2), sched_lin(5, 6)])(0.) == 5
     assert abs(combine_scheds([0.1] * 10, [sched_lin(i, i + 1) for i in range(10)])(1.) - 10) < 1e-9
-    with pytest.raises(ValueError, match='sum to 1'): combine_scheds([0.5, 0.6], [sched_no(1, 1)] * 2)
-    with pytest.raises(ValueError, match='one pct per schedule'): combine_scheds([1.], [sched_no(1, 1)] * 2)
-    with pytest.raises(ValueError, match=r'\[0, 1\]'): s(1.5)
 
 
 def test_one_cycle_matches_torch_onecyclelr_including_last_step():
@@ -316,7 +298,6 @@ def test_lr_find_stops_on_exploding_loss_without_nan_error():
     learn = tiny_learner(); learn.loss_func = loss_going_bad(2)
     run = Runner(cbs=[LR_Find(max_iter=50), Recorder()]); run.fit(10, learn)
     assert len(run.recorder.losses) == 2
-    with pytest.raises(ValueError, match='max_iter'): LR_Find(max_iter=1)
 
 
 # ---------------------------------------------------------------------------------------------------------- logging
@@ -344,4 +325,4 @@ def test_text_logger_file():
         run.fit(3, tiny_learner())
         lines = fn.read_text().splitlines()
     assert len(lines) == 4 and lines[0].split()[:2] == ['epoch', 'train_loss'] and lines[3].split()[0] == '2'
-    assert run.logger is print and nb05.PrintLogger is TextLogger
+    assert run.logger is print
