@@ -5,7 +5,7 @@ __all__ = ['get_data', 'normalize', 'mse', 'nn', 'init']
 
 # %% ../nbs/02_fully_connected.ipynb #ec47c701
 from .nb_01 import *
-reexport(globals(), 'exp.nb_01')   # pass on every name from notebooks 00 and 01
+reexport(globals(), 'exp.nb_01')   # pass on every name of the chapters before
 from torch import nn
 from torch.nn import init
 _all_ = ['nn', 'init']

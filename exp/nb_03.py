@@ -6,7 +6,7 @@ __all__ = ['logsumexp', 'log_softmax', 'nll', 'cross_entropy', 'accuracy', 'Data
 
 # %% ../nbs/03_minibatch_training.ipynb #6ef430af
 from .nb_02 import *
-reexport(globals(), 'exp.nb_02')   # pass on every name from notebooks 00 to 02
+reexport(globals(), 'exp.nb_02')   # pass on every name of the chapters before
 import torch.nn.functional as F
 from torch import optim
 from torch.utils.data import DataLoader, SequentialSampler, RandomSampler
