@@ -99,4 +99,4 @@ def nb_auto_export(fname=None):
     display(Javascript(save))
     cfg = get_config()
     export(path=str(cfg.nbs_path/fname) if fname else str(cfg.nbs_path))
-    print(f"exported {fname or 'every notebook'} from {cfg.nbs_path} to {cfg.lib_path}")
+    print(f"exported {fname or 'every notebook'} of {cfg.nbs_path.name}/ to {cfg.lib_path.name}/")
