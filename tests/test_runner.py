@@ -218,7 +218,6 @@ def test_bad_lr_bs_and_learner():
     with pytest.raises(ValueError, match='lr'): get_model(d, lr=-0.1)
     learn = tiny_learner(); learn.opt.param_groups[0]['lr'] = -1e-3
     with pytest.raises(ValueError, match='lr=-0.001'): Runner().fit(1, learn)
-    with pytest.raises(ValueError, match='bs'): get_dls(d.train_ds, d.valid_ds, 0)
     with pytest.raises(TypeError, match='learn'): Runner().fit(1, object())
     empty = tiny_learner(); empty.data = DataBunch(torch.utils.data.DataLoader(Dataset([], []), batch_size=4), d.valid_dl)
     with pytest.raises(ValueError, match='train_dl'): Runner().fit(1, empty)
