@@ -214,9 +214,9 @@ def http_fetch(url, part, timeout=30, progress=None):
         n, size = resp.headers.get('Content-Length'), re.search(r'/(\d+)$', cr)
         total = int(size[1]) if have and size else None if n is None else have + int(n)
         resume = f", resuming at {have}" if have else ''
-        print(f"downloading {name}: {total or '?'} bytes{resume}")
+        print(f"downloading {name}: {total or '?'} bytes{resume}", flush=True)
         done = _copy_body(resp, f, have, total, progress)
-    print(f"downloading {name}: {done} bytes in {time.perf_counter() - t0:.1f}s")
+    print(f"downloading {name}: {done} bytes in {time.perf_counter() - t0:.1f}s", flush=True)
     if total is not None and done != total:
         raise DownloadError(f"{url} stopped at {done} of {total} bytes; {part} is kept and "
                             "the next call resumes it")
