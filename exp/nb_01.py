@@ -9,10 +9,9 @@ reexport(globals(), 'exp.nb_00b')   # pass on every name from notebooks 00, 00a 
 
 # %% ../nbs/01_matmul.ipynb #cf23da69
 def matmul(a, b):
-    "Matrix product of `a` (ar, ac) and `b` (br, bc) by broadcasting: one vectorised row of the result at a time."
+    "Matrix product of `a` (ar, ac) and `b` (ac, bc) by broadcasting, one result row at a time."
     (ar, ac), (br, bc) = a.shape, b.shape
-    if ac != br: raise ValueError(f"matmul: inner sizes differ, a is {tuple(a.shape)} and b is {tuple(b.shape)}")
     c = torch.zeros(ar, bc, dtype=torch.result_type(a, b), device=a.device)
     for i in range(ar):
-        c[i] = (a[i, :, None] * b).sum(dim=0)   # (ac,) -> (ac, 1), times (ac, bc), summed over ac -> (bc,)
+        c[i] = (a[i, :, None] * b).sum(dim=0)   # (ac,) -> (ac, 1), times (ac, bc), summed -> (bc,)
     return c

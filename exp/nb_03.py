@@ -6,7 +6,7 @@ __all__ = ['logsumexp', 'log_softmax', 'nll', 'cross_entropy', 'accuracy', 'Data
 
 # %% ../nbs/03_minibatch_training.ipynb #6ef430af
 from .nb_02 import *
-reexport(globals(), 'exp.nb_02')   # pass on every name from notebooks 00 to 02
+reexport(globals(), 'exp.nb_02')   # pass on every name of the chapters before
 import torch.nn.functional as F
 from torch import optim
 from torch.utils.data import DataLoader, SequentialSampler, RandomSampler
@@ -27,46 +27,35 @@ def log_softmax(x):
 # %% ../nbs/03_minibatch_training.ipynb #c553b515
 def nll(inp, target):
     "Mean negative log-likelihood of integer `target` (n,) under log-probabilities `inp` (n, c)."
-    if inp.ndim != 2 or target.ndim != 1 or inp.shape[0] != target.shape[0]:
-        raise ValueError(f"nll: expected inp (n, c) and target (n,), got {tuple(inp.shape)} and {tuple(target.shape)}")
     return -inp[torch.arange(target.shape[0], device=inp.device), target].mean()
 
 # %% ../nbs/03_minibatch_training.ipynb #a93785dd
 def cross_entropy(inp, target):
-    "Cross-entropy of logits `inp` (n, c) and integer `target` (n,): `nll(log_softmax(inp), target)`."
+    "Cross-entropy of logits `inp` (n, c) and integer `target` (n,)."
     return nll(log_softmax(inp), target)
 
 # %% ../nbs/03_minibatch_training.ipynb #809bffaf
 def accuracy(out, yb):
-    "Fraction of rows of `out` (n, c) whose argmax equals the integer target `yb` (n,), as a float tensor."
-    if out.shape[0] != yb.shape[0]:
-        raise ValueError(f"accuracy: {out.shape[0]} predictions but {yb.shape[0]} targets")
+    "Fraction of rows of `out` (n, c) whose argmax is the integer target `yb` (n,), as a tensor."
     return (out.argmax(dim=-1) == yb).float().mean()
 
 # %% ../nbs/03_minibatch_training.ipynb #7d4b9939
 class Dataset():
     "Pairs up two equally long indexables: `len(ds)`, and `ds[i]` returns `(x[i], y[i])`."
-    def __init__(self, x, y):
-        if len(x) != len(y):
-            raise ValueError(f"Dataset: x has {len(x)} items but y has {len(y)}; they must be the same length")
-        self.x, self.y = x, y
+    def __init__(self, x, y): self.x, self.y = x, y
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return self.x[i], self.y[i]
     def __repr__(self): return f'{type(self).__name__}(n={len(self)})'
 
 # %% ../nbs/03_minibatch_training.ipynb #b3b50697
 def get_dls(train_ds, valid_ds, bs, **kwargs):
-    "A shuffled training `DataLoader` with batch size `bs` and an ordered validation one with `bs*2`."
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise ValueError(f"get_dls: bs must be a positive int, got {bs!r}")
+    "A shuffled training `DataLoader` with batch size `bs`, an ordered validation one with `bs*2`."
     return (DataLoader(train_ds, batch_size=bs, shuffle=True, **kwargs),
             DataLoader(valid_ds, batch_size=bs * 2, **kwargs))
 
 # %% ../nbs/03_minibatch_training.ipynb #4e165b86
 def fit(epochs, model, loss_func, opt, train_dl, valid_dl):
-    "Train `model` for `epochs` epochs, printing validation loss and accuracy; returns the last epoch's (loss, acc)."
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    "Train `model` for `epochs` epochs, printing validation loss and accuracy; return the last."
     for epoch in range(epochs):
         model.train()
         for xb, yb in train_dl:
@@ -82,6 +71,6 @@ def fit(epochs, model, loss_func, opt, train_dl, valid_dl):
                 tot_loss += loss_func(pred, yb).item() * len(yb)
                 tot_acc += accuracy(pred, yb).item() * len(yb)
                 count += len(yb)
-        if count == 0: raise ValueError("fit: valid_dl yielded no batches")
-        print(f'epoch {epoch + 1}/{epochs}: valid loss {tot_loss / count:.4f}, accuracy {tot_acc / count:.4f}')
-    return tot_loss / count, tot_acc / count
+        vloss, vacc = tot_loss / count, tot_acc / count
+        print(f'epoch {epoch + 1}/{epochs}: valid loss {vloss:.4f}, accuracy {vacc:.4f}')
+    return vloss, vacc

@@ -377,7 +377,7 @@ def test_contract_names_and_progress_bar(server, capsys):
     "The names later chapters use exist, and a visible progress bar does not disturb a download."
     assert nb00b.datasets.untar_data is untar_data and nb00b.datasets.URLs.IMAGENETTE_160.endswith('/imagenette2-160.tgz')
     assert set(URLs.FASHION_MNIST_FILES) < set(KNOWN_SHA256) and KNOWN_SHA256['imagenette2-160.tgz'] is None
-    assert len(nb00a.FMNIST_CLASSES) == 10
+    assert len(nb00b.FMNIST_CLASSES) == 10
     base, root, _ = server
     data = os.urandom(300_000)
     (root / 'p.bin').write_bytes(data)

@@ -25,7 +25,7 @@ from exp.nb_00a import ArchiveError, ChecksumError, DownloadError, data_mirror, 
 from exp.nb_08 import ImageList, get_files, open_image, UnreadableImageError
 from exp.nb_10 import (ArgError, atomic_save, atomic_write, folder_databunch, image_tfms,
                        load_run, main, predict, predict_main, train, TrickConfig, parse_tricks)
-from exp.nb_05 import Runner, get_dls
+from exp.nb_05 import Runner
 
 # helpers shared with the focused test files (one definition each; tests/ is on sys.path under pytest)
 from conftest import make_image_folder
@@ -397,7 +397,6 @@ def test_bad_hyperparameters_api(kwargs, exc, msg, tiny, tmp_path):
 
 def test_bad_hyperparameters_library():
     learn = tiny_learner()
-    with pytest.raises(ValueError, match='bs must be a positive int, got 0'): get_dls(learn.data.train_ds, learn.data.valid_ds, 0)
     with pytest.raises(ValueError, match="unknown trick.*'dropout'.*choose from"): parse_tricks('dropout')
     with pytest.raises(ValueError, match='lr must be > 0'): TrickConfig(lr=-1.)
 

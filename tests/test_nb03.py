@@ -6,24 +6,24 @@ import torch.nn.functional as TF
 from exp.nb_03 import (normalize, mse, nn, F, optim, DataLoader, SequentialSampler, RandomSampler, accuracy,
                         Dataset, get_dls, log_softmax, logsumexp, nll, cross_entropy, fit)
 # the notebooks' test helpers, renamed so that pytest does not collect them as tests
-from exp.nb_03 import test_close as check_close, test_eq as check_eq, test_near_zero as check_near_zero
+from exp.nb_03 import test_close as check_close, test_eq as check_eq
 
 
 def test_chain_reexports():
     import exp.nb_03 as m
     for name in ['test_close', 'hardware_info', 'load_fashion_mnist', 'FMNIST_CLASSES', 'get_data', 'normalize',
-                 'test_near_zero', 'mse', 'nn', 'init', 'F', 'optim', 'DataLoader', 'SequentialSampler',
+                 'mse', 'nn', 'init', 'F', 'optim', 'DataLoader', 'SequentialSampler',
                  'RandomSampler', 'accuracy', 'Dataset', 'get_dls', 'log_softmax', 'logsumexp', 'nll',
                  'cross_entropy', 'fit']:
         assert name in m.__all__, name
 
 
-def test_normalize_and_near_zero():
+def test_normalize():
     x = torch.rand(100, 7) * 3 + 2
     xn = normalize(x, x.mean(), x.std())
-    check_near_zero(xn.mean()); check_near_zero(xn.std() - 1)
-    with pytest.raises(AssertionError): check_near_zero(0.01)
-    with pytest.raises(ValueError, match='std'): normalize(x, 0., torch.zeros(7))
+    check_close(xn.mean(), 0., eps=1e-3)
+    check_close(xn.std(), 1., eps=1e-3)
+    with pytest.raises(AssertionError): check_close(0.01, 0., eps=1e-3)
 
 
 def test_mse_refuses_broadcasting():
@@ -47,15 +47,13 @@ def test_nll_cross_entropy_vs_torch():
     logits, targ = torch.randn(32, 10) * 5, torch.randint(0, 10, (32,))
     check_close(nll(TF.log_softmax(logits, -1), targ), TF.nll_loss(TF.log_softmax(logits, -1), targ))
     check_close(cross_entropy(logits, targ), TF.cross_entropy(logits, targ))
-    with pytest.raises(ValueError, match='expected inp'): nll(logits, targ[:5])
-    with pytest.raises(ValueError, match='expected inp'): cross_entropy(logits[0], targ)
 
 
 def test_accuracy():
     out = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     acc = accuracy(out, torch.tensor([1, 1, 1, 0]))
-    check_eq(acc, torch.tensor(0.75)); assert acc.dtype == torch.float32
-    with pytest.raises(ValueError, match='targets'): accuracy(out, torch.tensor([1]))
+    check_eq(acc, torch.tensor(0.75))
+    assert acc.dtype == torch.float32
 
 
 def test_dataset_and_get_dls():
@@ -63,15 +61,13 @@ def test_dataset_and_get_dls():
     ds = Dataset(x, y)
     assert len(ds) == 50
     xb, yb = ds[torch.tensor([3, 7])]
-    check_eq(yb, torch.tensor([3, 7])); check_eq(xb, x[[3, 7]])
-    with pytest.raises(ValueError, match='same length'): Dataset(x, y[:-1])
+    check_eq(yb, torch.tensor([3, 7]))
+    check_eq(xb, x[[3, 7]])
     tdl, vdl = get_dls(ds, ds, 8)
     assert tdl.batch_size == 8 and vdl.batch_size == 16
     assert isinstance(tdl.sampler, RandomSampler) and isinstance(vdl.sampler, SequentialSampler)
     check_eq(torch.cat([yb for _, yb in vdl]), y)
     check_eq(torch.cat([yb for _, yb in tdl]).sort()[0], y)
-    for bad in (0, -3, 2.0, True, None):
-        with pytest.raises(ValueError, match='bs must be'): get_dls(ds, ds, bad)
 
 
 def test_fit_learns_and_weights_by_batch_size(capsys):
@@ -90,7 +86,3 @@ def test_fit_learns_and_weights_by_batch_size(capsys):
     check_close(loss, F.cross_entropy(pred, valid_ds.y), eps=1e-5)
     check_close(acc, accuracy(pred, valid_ds.y), eps=1e-6)
     assert acc > 0.95
-    for bad in (0, 1.5, -1):
-        with pytest.raises(ValueError, match='epochs must be'): fit(bad, model, F.cross_entropy, opt, tdl, vdl)
-    with pytest.raises(ValueError, match='no batches'):
-        fit(1, model, F.cross_entropy, opt, tdl, DataLoader(Dataset(valid_ds.x[:0], valid_ds.y[:0]), batch_size=4))
