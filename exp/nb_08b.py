@@ -132,6 +132,9 @@ class DistributedCallback(DistributedCallback):
         self.env, self.device, self.own_group = init_distributed(self.backend)
         self.distributed, (rank, world) = self.env.world_size > 1, self.env[:2]
         self.saved = (learn.model, data.train_dl, data.valid_dl, run.logger)
+        if self.split_batch and data.train_dl.bs % world:
+            raise ValueError(f"DistributedCallback(split_batch=True): batch size "
+                             f"{data.train_dl.bs} is not divisible by the {world} processes")
         bs = data.train_dl.bs // world if self.split_batch else None
         # process 0's order
         data.train_dl.gen.set_state(broadcast_object(data.train_dl.gen.get_state()))
