@@ -5,12 +5,11 @@
 
 Per-item path: ImageList + [make_rgb, ResizeFixed, to_byte_tensor, to_float_tensor] in a DataLoader with worker
 processes, then normalisation on the device — every epoch decodes every image again.
-Fast path: `fast_databunch` — each image decoded once into a uint8 cache (epoch 1 pays for that), then random resized
-crop, flip and normalisation on whole batches on the device. Both paths are timed to the point where a batch sits on the
-device, ready for the model (CUDA is synchronised before each clock read). Prints a table; asserts nothing.
-A second table compares the two caches in one run: notebook 08a's in-memory cache (`fast_databunch`: decoded into RAM,
-saved with torch.save) and notebook 08b's memory-mapped cache (`mapped_databunch`: written image by image, batches
-gathered from the map): build img/s and epoch img/s of each, and the ratio memory-mapped / in-memory.
+Fast path: `mapped_databunch` — each image decoded once into a uint8 cache file (epoch 1 pays for that), then random
+resized crop, flip and normalisation on whole batches on the device. Both paths are timed to the point where a batch
+sits on the device, ready for the model (CUDA is synchronised before each clock read). Prints a table; asserts nothing.
+A second table compares notebook 08b's one cache format read two ways in one run: through the memory map and from a
+copy in memory (`in_memory=True`): build img/s and epoch img/s of each, and the ratio memory-mapped / in-memory.
 """
 import argparse, shutil, tempfile, time
 from exp.nb_08b import *
@@ -58,7 +57,8 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp())
     try:
         t0 = time.perf_counter()
-        fast = fast_databunch(ll, a.size, a.bs, cache_size=160, device=device, cache_dir=tmp, num_workers=workers, seed=0).train_dl
+        fast = mapped_databunch(ll, a.size, a.bs, device=device, cache_dir=tmp, num_workers=workers, seed=0, stats=imagenette_stats,
+                                in_memory=True).train_dl
         build = time.perf_counter() - t0
         first = epoch_speed(fast, device)
         rows.append(('fast path (decode + cache + epoch)', 1, n / (build + n / first)))
@@ -71,16 +71,18 @@ def main(argv=None):
     (_, mb, me), (_, ib, ie) = caches
     print('\n| cache | build img/s | epoch img/s |\n| --- | --- | --- |')
     for name, b, e in caches: print(f'| {name} | {b:,.0f} | {e:,.0f} |')
-    print(f'| memory-mapped / in-memory | {mb / ib:.2f}x | {me / ie:.2f}x |')
+    print(f'| memory-mapped / in memory | {mb / ib:.2f}x | {me / ie:.2f}x |')
     return rows, caches
 
 
 def cache_speeds(ll, a, device, workers, tmp):
-    "(name, build img/s, later-epoch img/s) of the memory-mapped cache (nb 08b) and the in-memory cache (nb 08a), each built afresh."
+    "(name, build img/s, later-epoch img/s) of the cache read through its memory map and copied in memory, each built afresh."
     out, n = [], len(ll.train)
-    for name, make in (('memory-mapped (08b)', mapped_databunch), ('in-memory (08a)', fast_databunch)):
+    for name, mem in (('memory-mapped', False), ('in memory', True)):
         t0 = time.perf_counter()
-        dl = make(ll, a.size, a.bs, cache_size=160, device=device, cache_dir=tmp / name[:2], num_workers=workers, seed=0).train_dl
+        dl = mapped_databunch(ll, a.size, a.bs, device=device, cache_dir=tmp / name[:2], num_workers=workers, seed=0,
+                              stats=imagenette_stats,
+                              in_memory=mem).train_dl
         build = n / (time.perf_counter() - t0)
         epoch_speed(dl, device)                                      # the first pass reads the map's pages in
         out.append((name, build, epoch_speed(dl, device)))

@@ -1,5 +1,5 @@
 """The memory-mapped image cache of notebook 08b at a size that matters: a cache of over 500 MB is built and trained on for
-one epoch in a subprocess whose peak resident memory must stay below half the cache size above its baseline (Linux)."""
+one epoch (its loader as `mapped_databunch` builds it) in a subprocess whose peak resident memory must stay below half the cache size above its baseline (Linux)."""
 import json, os, subprocess, sys
 from pathlib import Path
 
@@ -20,8 +20,11 @@ root, cache, px = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 ll = label_by_func(SplitData.split_by_func(ImageList.from_files(root, tfms=image_tfms(32)), partial(grandparent_splitter, valid_name='val')),
                    parent_labeler, proc_y=CategoryProcessor())
 t0 = time.perf_counter()
-data = mapped_databunch(ll, 32, 64, cache_size=px, device='cpu', cache_dir=cache, num_workers=2, seed=0, progress=False)
+images, _ = mapped_images(ll.train.x.items, px, cache / 'train.u8', num_workers=2, progress=False)
 t_build = time.perf_counter() - t0
+train = TensorBatchLoader(images.x, tensor(ll.train.y.items), 64, 32, train=True, seed=0)   # as mapped_databunch
+train.images = images                                                  # makes it, with 32 px crops of a px cache
+data = DataBunch(train, TensorBatchLoader(images.x[:16], tensor(ll.train.y.items[:16]), 64, 32), c_out=2)
 after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
 learn = Learner(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, data)

@@ -56,9 +56,6 @@ def test_get_files_recurse_hidden_include(tree):
 
 def test_get_files_errors(tree):
     with pytest.raises(FileNotFoundError, match='nope'): get_files(tree/'nope')
-    with pytest.raises(FileNotFoundError, match='not a folder'): get_files(tree/'a.jpg')
-    with pytest.raises(ValueError, match='recurse=True'): get_files(tree, include='sub')
-    with pytest.warns(UserWarning, match='missing'): get_files(tree, recurse=True, include='missing')
 
 # ---------------------------------------------------------------- lists and transforms
 def test_compose_sorts_by_order():
@@ -75,7 +72,7 @@ def test_itemlist_indexing():
     assert il[0] == 10 and il[np.int64(2)] == 30 and il[torch.tensor(1)] == 20
     assert il[1:] == [20, 30] and il[[0, 2]] == [10, 30] and list(il) == [10, 20, 30]
     assert il.items == [1, 2, 3] and il.new([4]).path == Path('/p') and il.new([4])[0] == 40
-    with pytest.raises(NotImplementedError): Transform()(1)
+    with pytest.raises(TypeError): Transform()(1)                           # a subclass defines __call__
 
 @pytest.mark.parametrize('im,expected', [
     (PIL.Image.new('L', (3, 3), 100), (100, 100, 100)),
@@ -109,16 +106,12 @@ def test_resize_and_tensors():
     im = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8))
     assert ResizeFixed(16)(im).size == (16, 16) and ResizeFixed((20, 10))(im).size == (20, 10)
     assert ResizeFixed(16).order == 10 and to_byte_tensor.order == 20 and to_float_tensor.order == 30
-    for bad in (0, -3, (1, 2, 3), 2.5): 
-        with pytest.raises(ValueError, match='size'): ResizeFixed(bad)
     t = to_byte_tensor(im)
     assert t.shape == (3, 30, 50) and t.dtype == torch.uint8 and t.is_contiguous()
     assert t[:, 4, 7].tolist() == list(im.getpixel((7, 4)))
     assert to_byte_tensor(im.convert('L')).shape == (1, 30, 50)
-    with pytest.raises(TypeError, match='make_rgb'): to_byte_tensor(im.convert('RGBA'))
     f = to_float_tensor(t)
     assert f.dtype == torch.float32 and torch.allclose(f * 255, t.float(), atol=1e-4)
-    with pytest.raises(TypeError, match='uint8'): to_float_tensor(f)
     out = compose(im, [to_float_tensor, to_byte_tensor, ResizeFixed(8), make_rgb])   # list order does not matter
     assert out.shape == (3, 8, 8) and out.dtype == torch.float32
 
@@ -142,7 +135,7 @@ def bad_dir(tmp_path):
 def test_bad_file_error_names_file(bad_dir, name):
     il = ImageList.from_files(bad_dir)
     with pytest.raises(ValueError, match=name): il[il.items.index(bad_dir/name)]
-    with pytest.raises(ValueError, match="on_error='skip'"): open_image(bad_dir/name)
+    with pytest.raises(ValueError, match="Replace or delete the file"): open_image(bad_dir/name)
     with pytest.raises(UnreadableImageError) as e: open_image(bad_dir/name)
     assert e.value.path == bad_dir/name and e.value.reason and e.value.reason in str(e.value)
     again = pickle.loads(pickle.dumps(e.value))                  # crosses process boundaries (a Pool) whole
@@ -155,13 +148,7 @@ def test_unreadable_error_from_a_dataloader_worker_keeps_its_type(bad_dir):
     with pytest.raises(UnreadableImageError, match='empty.jpg') as e: next(iter(dl))
     assert e.value.path is None and 'Caught UnreadableImageError in DataLoader worker' in str(e.value)
 
-def test_bad_files_skipped_with_warning(bad_dir):
-    with pytest.warns(UserWarning) as rec:
-        il = ImageList.from_files(bad_dir, on_error='skip')
-    assert [f.name for f in il.items] == ['good.jpg'] and il[0].size == (64, 48)
-    msg = ' '.join(str(w.message) for w in rec)
-    assert all(n in msg for n in ['empty.jpg', 'text.jpg', 'truncated.jpg']) and 'good.jpg' not in msg
-    with pytest.raises(ValueError, match='on_error'): ImageList([], on_error='ignore')
+def test_no_files_and_missing_file(bad_dir):
     with pytest.raises(FileNotFoundError, match='No files'): ImageList.from_files(bad_dir, extensions='.png')
     with pytest.raises(FileNotFoundError): open_image(bad_dir/'missing.jpg')
 
@@ -174,7 +161,6 @@ def test_split():
     assert split_by_func(items, sp) == (['train/a/1', 'train/b/4'], ['val/a/2'])
     sd = SplitData.split_by_func(ItemList(items, path='/root'), sp)
     assert sd.train.items == ['train/a/1', 'train/b/4'] and sd.path == Path('/root')
-    with pytest.raises(ValueError, match="valid_name='val'"): SplitData.split_by_func(ItemList(items), grandparent_splitter)
     with pytest.raises(AttributeError): sd.no_such_attribute
 
 def test_category_processor_shared_vocab_and_unknown_label():
@@ -184,7 +170,6 @@ def test_category_processor_shared_vocab_and_unknown_label():
     assert cp(['dog', 'cat', 'dog']) == [1, 0, 1] and cp.vocab == ['cat', 'dog']
     assert cp(['cat']) == [0] and cp.deprocess([1, 0]) == ['dog', 'cat'] and cp.deproc1(torch.tensor(1)) == 'dog'
     with pytest.raises(ValueError, match="'bird'"): cp(['bird'])
-    with pytest.raises(ValueError, match='empty'): CategoryProcessor()([])
 
 def make_image_tree(root, n=6, classes=('cat', 'dog', 'eel')):
     "train/val folders of small PNG/JPEG images in mixed modes (RGB, L, RGBA, P); returns root."
@@ -211,7 +196,6 @@ def test_label_by_func_and_labeled_data(tmp_path):
     x, y = ll.valid[7]
     assert x.shape == (3, 12, 12) and ll.valid.y_obj(7) == parent_labeler(ll.valid.x.items[7]) == ll.train.proc_y.vocab[y]
     assert ll.train.y_obj([0, 17]) == ['cat', 'eel']
-    with pytest.raises(ValueError, match='2 items'): LabeledData(ItemList([1, 2]), ItemList([1]))
     sd = SplitData.split_by_func(ImageList.from_files(tmp_path), partial(grandparent_splitter, valid_name='val'))
     odd = lambda fn: 'mystery' if 'val' in Path(fn).parts else parent_labeler(fn)
     with pytest.raises(ValueError, match="'mystery'"): label_by_func(sd, odd, proc_y=CategoryProcessor())
@@ -244,8 +228,6 @@ def test_normalize_chan():
     assert torch.allclose(out[:, 2], (x[:, 2] - 0.9) / 0.4)
     assert torch.allclose(normalize_chan(x[0], [0.1, 0.5, 0.9], (0.2, 0.3, 0.4)), out[0])
     assert normalize_chan(x.double(), m, s).dtype == torch.float64
-    with pytest.raises(ValueError, match='3 channels'): normalize_chan(x[:, :2], m, s)
-    with pytest.raises(TypeError, match='float'): normalize_chan((x * 255).byte(), m, s)
 
 def test_imagenette_stats_and_norm_on_cpu():
     (mean, std) = imagenette_stats

@@ -111,8 +111,8 @@ def count_syncs(device='cuda', epochs=2, n=1280, bs=64):
     dev, cuda = torch.device(device), torch.device(device).type == 'cuda'
     def loader(train):
         x = torch.randint(0, 256, (n, 3, 160, 160), dtype=torch.uint8, device=dev)
-        return TensorBatchLoader(x, torch.randint(0, 10, (n,)), bs, 128, train=train, device=dev, mean=imagenette_stats[0],
-                                 std=imagenette_stats[1], seed=0)
+        return TensorBatchLoader(x, torch.randint(0, 10, (n,)), bs, 128, train=train, device=dev, stats=imagenette_stats,
+                                 seed=0)
     class Count(Callback):
         order = -100   # before the nan guard's check at begin_validate, which may wait on purpose
         def __init__(self, log): self.log, self.counts = log, []
