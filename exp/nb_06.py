@@ -3,18 +3,16 @@
 # %% auto #0
 __all__ = ['mnist_view', 'CudaCallback', 'normalize_to', 'Lambda', 'flatten', 'view_tfm', 'default_device', 'to_device',
            'DeviceCallback', 'BatchTransformXCallback', 'get_runner', 'GeneralRelu', 'conv_layer', 'get_cnn_layers',
-           'get_cnn_model', 'children', 'Hook', 'ListContainer', 'Hooks', 'append_stats', 'init_cnn', 'get_learn_run']
+           'get_cnn_model', 'Hook', 'ListContainer', 'Hooks', 'append_stats', 'init_cnn', 'get_learn_run']
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #8c0f6681
 from .nb_05a import *
 reexport(globals(), 'exp.nb_05a')   # pass on every name from notebooks 00 to 05
-import numbers
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #30e8eaeb
 def normalize_to(train, valid):
-    "Normalize `train` and `valid` with the mean and std of `train` (never with the validation statistics)."
+    "Normalize `train` and `valid` with the mean and std of `train` (never of `valid`)."
     m, s = train.mean(), train.std()
-    if not s > 0: raise ValueError(f"normalize_to: the training data has std {float(s)}; cannot normalize constant data")
     return normalize(train, m, s), normalize(valid, m, s)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #81dbd6c7
@@ -22,7 +20,6 @@ class Lambda(nn.Module):
     "A layer that applies the plain function `func` to its input."
     def __init__(self, func):
         super().__init__()
-        if not callable(func): raise TypeError(f"Lambda: func must be callable, got {type(func).__name__}")
         self.func = func
     def forward(self, x): return self.func(x)
     def extra_repr(self): return getattr(self.func, '__name__', repr(self.func))
@@ -34,12 +31,9 @@ def flatten(x):
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #afb8e5a0
 def view_tfm(*size):
     "A batch transform that views each batch of shape (bs, ...) as (bs, *size)."
-    n = math.prod(size)
-    def _inner(x):
-        if x.numel() != x.shape[0] * n:
-            raise ValueError(f"view_tfm{size}: cannot view a batch of shape {tuple(x.shape)} as (bs, {', '.join(map(str, size))})")
-        return x.view(x.shape[0], *size)   # (bs, 784) -> (bs, 1, 28, 28) for size (1, 28, 28)
+    def _inner(x): return x.view(x.shape[0], *size)   # e.g. (bs, 784) -> (bs, 1, 28, 28)
     return _inner
+
 mnist_view = view_tfm(1, 28, 28)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #444d41a3
@@ -51,7 +45,7 @@ def default_device():
     return torch.device('cpu')
 
 def to_device(x, device=None):
-    "Move a tensor, or the tensors in a (nested) list, tuple or dict, to `device` (default: `default_device()`)."
+    "Move a tensor, or the tensors in a (nested) list, tuple or dict, to `device`."
     device = default_device() if device is None else torch.device(device)
     if isinstance(x, torch.Tensor): return x.to(device, non_blocking=True)
     if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
@@ -60,47 +54,41 @@ def to_device(x, device=None):
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #172e5d91
 class DeviceCallback(Callback):
-    "Put the model (at begin_fit) and each batch (at begin_batch) on `device` (default: `default_device()`)."
+    "Put the model (at begin_fit) and each batch (at begin_batch) on `device`."
     order = -5
-    def __init__(self, device=None): self.device = default_device() if device is None else torch.device(device)
+    def __init__(self, device=None):
+        self.device = default_device() if device is None else torch.device(device)
 
     def begin_fit(self):
         self.run.model.to(self.device)
-        for state in getattr(self.run.opt, 'state', {}).values():     # e.g. momentum buffers of a resumed optimizer
-            if isinstance(state, dict):
-                for k, v in state.items():
-                    if isinstance(v, torch.Tensor): state[k] = v.to(self.device)
+        for st in getattr(self.run.opt, 'state', {}).values():   # a resumed optimizer's buffers
+            st.update(to_device(st, self.device))
 
-    def begin_batch(self): self.run.xb, self.run.yb = to_device(self.run.xb, self.device), to_device(self.run.yb, self.device)
+    def begin_batch(self):
+        self.run.xb = to_device(self.run.xb, self.device)
+        self.run.yb = to_device(self.run.yb, self.device)
 
-CudaCallback = DeviceCallback
+CudaCallback = DeviceCallback   # the course's name (notebook 10's draft uses it)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #4169d391
 class BatchTransformXCallback(Callback):
     "Replace each input batch `xb` by `tfm(xb)` before the forward pass."
     order = 2
-    def __init__(self, tfm):
-        if not callable(tfm): raise TypeError(f"BatchTransformXCallback: tfm must be a function of the batch, got {type(tfm).__name__}")
-        self.tfm = tfm
+    def __init__(self, tfm): self.tfm = tfm
     def begin_batch(self): self.run.xb = self.tfm(self.run.xb)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #80f26ae2
 def get_runner(model, data, lr=0.6, cbs=None, opt_func=None, loss_func=F.cross_entropy):
-    "A `Learner` (SGD unless `opt_func` is given) and a `Runner`; `cbs` holds callbacks or callback factories."
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr >= 0:
-        raise ValueError(f"get_runner: lr must be a number >= 0, got {lr!r}")
-    if opt_func is None: opt_func = optim.SGD
+    "A `Learner` (SGD unless `opt_func`) and a `Runner` of `cbs`: callbacks or callback factories."
     cbs = listify(cbs)
-    for c in cbs:
-        if not (isinstance(c, Callback) or callable(c)):
-            raise TypeError(f"get_runner: each item of cbs must be a Callback or a factory returning one, got {c!r}")
-    learn = Learner(model, opt_func(model.parameters(), lr=lr), loss_func, data)
-    run = Runner(cbs=[c for c in cbs if isinstance(c, Callback)], cb_funcs=[c for c in cbs if not isinstance(c, Callback)])
+    learn = Learner(model, (opt_func or optim.SGD)(model.parameters(), lr=lr), loss_func, data)
+    run = Runner(cbs=[c for c in cbs if isinstance(c, Callback)],
+                 cb_funcs=[c for c in cbs if not isinstance(c, Callback)])
     return learn, run
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #834e9ba3
 class GeneralRelu(nn.Module):
-    "ReLU with an optional negative slope `leak`, a constant `sub` subtracted from the output, and a ceiling `maxv`."
+    "ReLU with an optional negative slope `leak`, a shift `sub` subtracted, and a ceiling `maxv`."
     def __init__(self, leak=None, sub=None, maxv=None):
         super().__init__()
         self.leak, self.sub, self.maxv = leak, sub, maxv
@@ -112,18 +100,14 @@ class GeneralRelu(nn.Module):
     def extra_repr(self): return f'leak={self.leak}, sub={self.sub}, maxv={self.maxv}'
 
 def conv_layer(ni, nf, ks=3, stride=2, **kwargs):
-    "A 'same'-padded `ks`x`ks` convolution from `ni` to `nf` channels, then a `GeneralRelu(**kwargs)`."
-    return nn.Sequential(nn.Conv2d(ni, nf, ks, padding=ks // 2, stride=stride), GeneralRelu(**kwargs))
+    "A 'same'-padded `ks`x`ks` convolution from `ni` to `nf` channels, then a `GeneralRelu`."
+    conv = nn.Conv2d(ni, nf, ks, padding=ks // 2, stride=stride)
+    return nn.Sequential(conv, GeneralRelu(**kwargs))
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #6bda8792
 def get_cnn_layers(data, nfs, layer, **kwargs):
-    "Stride-2 `layer`s from `data.c_in` through the channels `nfs` (first kernel 5x5, then 3x3), pooling and a linear head."
-    if getattr(data, 'c_in', None) is None or getattr(data, 'c_out', None) is None:
-        raise ValueError("get_cnn_layers: data needs c_in and c_out, e.g. DataBunch(train_dl, valid_dl, c_in=1, c_out=10)")
-    nfs = listify(nfs)
-    if not nfs or not all(isinstance(n, numbers.Integral) and n > 0 for n in nfs):
-        raise ValueError(f"get_cnn_layers: nfs must be a non-empty list of positive channel counts, got {nfs!r}")
-    nfs = [data.c_in] + nfs
+    "Stride-2 `layer`s from `data.c_in` through `nfs` (first kernel 5x5), pooling, a linear head."
+    nfs = [data.c_in] + listify(nfs)
     return [layer(nfs[i], nfs[i+1], 5 if i == 0 else 3, **kwargs) for i in range(len(nfs) - 1)] + [
         nn.AdaptiveAvgPool2d(1), Lambda(flatten), nn.Linear(nfs[-1], data.c_out)]
 
@@ -132,12 +116,8 @@ def get_cnn_model(data, nfs, layer, **kwargs):
     return nn.Sequential(*get_cnn_layers(data, nfs, layer, **kwargs))
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #24418b41
-def children(m):
-    "The direct sub-modules of `m`, as a list."
-    return list(m.children())
-
 class Hook:
-    "Register `f(hook, module, input, output)` as a forward hook on `m`; `remove()` (or leaving a `with` block) unregisters it."
+    "Register `f(hook, module, input, output)` as a forward hook on `m`, until `remove()`."
     def __init__(self, m, f): self.hook = m.register_forward_hook(partial(f, self))
     def remove(self): self.hook.remove()
     def __enter__(self): return self
@@ -146,7 +126,7 @@ class Hook:
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #efd9e815
 class ListContainer:
-    "A list that can also be indexed with a list of indices or a boolean mask, with a short repr."
+    "A list indexable by a list of indices or a boolean mask, with a short repr."
     def __init__(self, items): self.items = listify(items)
     def __getitem__(self, idx):
         if isinstance(idx, slice): return self.items[idx]
@@ -155,9 +135,7 @@ class ListContainer:
         except TypeError: pass
         idx = list(idx)
         if idx and all(isinstance(o, (bool, np.bool_)) for o in idx):
-            if len(idx) != len(self.items):
-                raise IndexError(f"boolean mask of length {len(idx)} for a ListContainer of length {len(self.items)}")
-            return [o for m, o in zip(idx, self.items) if m]
+            return [o for m, o in zip(idx, self.items, strict=True) if m]   # one entry per item
         return [self.items[i] for i in idx]
     def __len__(self): return len(self.items)
     def __iter__(self): return iter(self.items)
@@ -169,7 +147,7 @@ class ListContainer:
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #ed12fc31
 class Hooks(ListContainer):
-    "A `Hook` with function `f` on each module of `ms`; removes them all on `remove()` or on leaving a `with` block."
+    "A `Hook` with function `f` on each module of `ms`; `remove()` or a `with` block removes all."
     def __init__(self, ms, f): super().__init__([Hook(m, f) for m in listify(ms)])
     def __enter__(self, *args): return self
     def __exit__(self, *args): self.remove()
@@ -183,29 +161,31 @@ class Hooks(ListContainer):
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #c8a88b60
 def append_stats(hook, mod, inp, outp):
-    "Forward-hook function: append the output's mean, std and 40-bin histogram over [-7, 7] to `hook.stats` (training only)."
+    "Forward hook: append a training output's mean, std and 40-bin histogram to `hook.stats`."
     if not hasattr(hook, 'stats'): hook.stats = ([], [], [])
     if not mod.training: return
     means, stds, hists = hook.stats
     o = outp.detach().float()
-    means.append(o.mean().item()); stds.append(o.std().item())
+    means.append(o.mean().item())
+    stds.append(o.std().item())
     hists.append(o.histc(40, -7, 7).cpu())
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #a0be89da
+def _init_cnn(m, f):
+    "Apply `f(weight, a=0.1)` to every conv in `m` (recursively); zero their biases."
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        f(m.weight, a=0.1)
+        if m.bias is not None: m.bias.data.zero_()
+    for l in m.children(): _init_cnn(l, f)
+
 def init_cnn(m, uniform=False):
-    "Kaiming init (a=0.1; normal, or uniform if `uniform`) of the first layer of each Sequential child of `m`; zero biases."
-    f = init.kaiming_uniform_ if uniform else init.kaiming_normal_
-    for l in m.children():
-        if isinstance(l, nn.Sequential) and hasattr(l[0], 'weight'):
-            f(l[0].weight, a=0.1)
-            if getattr(l[0], 'bias', None) is not None: l[0].bias.data.zero_()
+    "Kaiming init (a=0.1; normal, or uniform if `uniform`) of every conv layer in `m`; zero biases."
+    _init_cnn(m, init.kaiming_uniform_ if uniform else init.kaiming_normal_)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #e0001f7e
-def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False, model_func=None, init_func=None, **kwargs):
-    "A CNN from `model_func(data, nfs, layer, **kwargs)` (default `get_cnn_model`), initialised by `init_func` (default `init_cnn`), and its (learn, run)."
-    if isinstance(data, (list, tuple)) or not hasattr(data, 'train_dl'):
-        raise TypeError(f"get_learn_run(data, nfs, layer, lr, ...): data must be a DataBunch, got {type(data).__name__} "
-                        "(the argument order is data first, then nfs)")
-    model = (model_func or get_cnn_model)(data, nfs, layer, **kwargs)
-    (init_func or init_cnn)(model, uniform=uniform)
+def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False,
+                  model_func=get_cnn_model, init_func=init_cnn, **kwargs):
+    "The (learn, run) of a CNN `model_func(data, nfs, layer, **kwargs)` initialised by `init_func`."
+    model = model_func(data, nfs, layer, **kwargs)
+    init_func(model, uniform=uniform)
     return get_runner(model, data, lr=lr, cbs=cbs, opt_func=opt_func)

@@ -2,12 +2,11 @@
 
 # %% auto #0
 __all__ = ['DistEnv', 'dist_env', 'init_distributed', 'main_process_first', 'convert_sync_bn', 'revert_sync_bn', 'ShardSampler',
-           'rebuild_dl', 'check_plain_dl', 'all_reduce_stats', 'DistributedCallback']
+           'DistributedCallback']
 
 # %% ../nbs/06a_distributed.ipynb #37a72e0f
 from .nb_06 import *
 reexport(globals(), 'exp.nb_06')   # pass on every name of the chapters before
-import contextlib, numbers
 from collections import namedtuple
 from torch.utils.data import DistributedSampler, Sampler, RandomSampler, SequentialSampler
 
@@ -15,164 +14,152 @@ from torch.utils.data import DistributedSampler, Sampler, RandomSampler, Sequent
 DistEnv = namedtuple('DistEnv', 'rank world_size local_rank')
 
 def dist_env():
-    "RANK, WORLD_SIZE and LOCAL_RANK as set by torchrun (0, 1, 0 in a plain `python` process), checked for consistency."
+    "RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them (0, 1, 0 in a plain process)."
     world = env_int('WORLD_SIZE', 1)
-    rank, local = env_int('RANK', 0), env_int('LOCAL_RANK', env_int('RANK', 0))
-    if world < 1 or rank >= world:
-        raise ValueError(f"RANK={rank} and WORLD_SIZE={world} do not fit (need 0 <= RANK < WORLD_SIZE); launch with torchrun")
+    rank = env_int('RANK', 0)
+    local = env_int('LOCAL_RANK', rank)
+    if not 0 <= rank < world: raise ValueError(f"RANK={rank} does not fit WORLD_SIZE={world}")
     if world > 1 and ('RANK' not in os.environ or 'MASTER_ADDR' not in os.environ):
-        raise ValueError(f"WORLD_SIZE={world} but RANK or MASTER_ADDR is unset: launch with "
-                         "`torchrun --nproc_per_node N script.py` (it sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT)")
+        raise ValueError(f"WORLD_SIZE={world} without RANK or MASTER_ADDR: launch with torchrun")
     return DistEnv(rank, world, local)
 
-_RDZV = {}   # the rendezvous store of this process (opened once) and the number of groups created on it
+_RDZV = {}   # this process's rendezvous store (opened once) and the groups made on it
 
 def _fresh_group_store(env):
-    "A new key prefix on torchrun's rendezvous store, so a later fit can join a new group without reading stale keys."
+    "A new key prefix on torchrun's store: a later fit joins a new group, without stale keys."
     if 'store' not in _RDZV:
-        _RDZV['store'], _, _ = next(dist.rendezvous('env://', rank=env.rank, world_size=env.world_size))
-        _RDZV['count'] = 0
+        rdzv = dist.rendezvous('env://', rank=env.rank, world_size=env.world_size)
+        _RDZV['store'], _RDZV['count'] = next(rdzv)[0], 0
     _RDZV['count'] += 1                       # every rank runs the same fits, so the counts agree
     return dist.PrefixStore(f'exp_group_{_RDZV["count"]}', _RDZV['store'])
 
 def init_distributed(backend=None):
-    "Join the torchrun process group (nccl on CUDA, gloo on CPU) once; return (DistEnv, this rank's device, created)."
+    "Join torchrun's process group (nccl on CUDA, else gloo) once; (DistEnv, device, created)."
     env = dist_env()
-    use_cuda = env.world_size > 1 and torch.cuda.is_available() and backend != 'gloo'
-    if use_cuda:
-        if env.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={env.local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
-                             "start at most that many processes per node (torchrun --nproc_per_node)")
-        device = torch.device('cuda', env.local_rank)
-        torch.cuda.set_device(device)          # plain 'cuda' (DeviceCallback, .to('cuda')) now means this rank's GPU
-    else: device = torch.device('cpu')
+    cuda = env.world_size > 1 and torch.cuda.is_available() and backend != 'gloo'
+    device = torch.device('cuda', env.local_rank) if cuda else torch.device('cpu')
+    if cuda: torch.cuda.set_device(device)      # a plain 'cuda' now means this rank's GPU
     if env.world_size == 1 or dist.is_initialized(): return env, device, False
-    dist.init_process_group(backend or ('nccl' if use_cuda else 'gloo'), store=_fresh_group_store(env), rank=env.rank,
-                            world_size=env.world_size, device_id=device if use_cuda else None)
+    dist.init_process_group(backend or ('nccl' if cuda else 'gloo'), store=_fresh_group_store(env),
+                            rank=env.rank, world_size=env.world_size,
+                            device_id=device if cuda else None)
     return env, device, True
 
 def main_process_first(f, *args, **kwargs):
-    "Call `f(*args, **kwargs)` on rank 0, then (after a barrier) on the other ranks: downloads and caches are made once."
-    if not (dist.is_available() and dist.is_initialized()): return f(*args, **kwargs)
+    "Call `f(*args, **kwargs)` on rank 0, then (after a barrier) on the other ranks."
     if is_main_process(): res = f(*args, **kwargs)
-    dist.barrier()
-    if not is_main_process(): res = f(*args, **kwargs)
-    return res
+    if dist.is_initialized(): dist.barrier()
+    return res if is_main_process() else f(*args, **kwargs)
 
 # %% ../nbs/06a_distributed.ipynb #9d78505c
 def convert_sync_bn(model):
-    "Swap every BatchNorm of `model` for a SyncBatchNorm sharing its parameters and buffers; return the swaps for `revert_sync_bn`."
+    "Swap each BatchNorm of `model` for a SyncBatchNorm on the same tensors; return the swaps."
     swaps = []
-    for pname, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-                new = nn.SyncBatchNorm.convert_sync_batchnorm(child)   # a leaf BN: returns one new module, same tensors
-                setattr(parent, name, new); swaps.append((parent, name, child))
+    for parent in list(model.modules()):
+        for name, bn in list(parent.named_children()):
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.SyncBatchNorm:
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(bn))   # same tensors
+                swaps.append((parent, name, bn))
     return swaps
 
 def revert_sync_bn(swaps):
-    "Put back the original BatchNorm modules recorded by `convert_sync_bn` (they share the trained tensors)."
+    "Put back the BatchNorm modules that `convert_sync_bn` swapped out."
     for parent, name, bn in reversed(swaps): setattr(parent, name, bn)
 
 class ShardSampler(Sampler):
-    "Indices rank, rank+world, ... of a dataset of `n` items: disjoint shards covering every item once (no padding)."
-    def __init__(self, n, rank, world_size): self.n, self.rank, self.world_size = n, rank, world_size
-    def __iter__(self): return iter(range(self.rank, self.n, self.world_size))
-    def __len__(self): return len(range(self.rank, self.n, self.world_size))
+    "Indices rank, rank+world, ... of `n` items: disjoint shards, each item once (no padding)."
+    def __init__(self, n, rank, world): self.n, self.rank, self.world = n, rank, world
+    def __iter__(self): return iter(range(self.rank, self.n, self.world))
+    def __len__(self): return len(range(self.rank, self.n, self.world))
 
-def rebuild_dl(dl, sampler, bs):
-    "A DataLoader like `dl` (workers, collate, pinning, drop_last) but drawing from `sampler` with batch size `bs`."
-    kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
-              timeout=dl.timeout, worker_init_fn=dl.worker_init_fn)
-    if dl.num_workers > 0: kw.update(prefetch_factor=dl.prefetch_factor, persistent_workers=dl.persistent_workers)
+def _rebuild_dl(dl, sampler, bs):
+    "A DataLoader like `dl` (workers, collate, pinning, drop_last) on `sampler`, batch size `bs`."
+    kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
+              drop_last=dl.drop_last, timeout=dl.timeout, worker_init_fn=dl.worker_init_fn)
+    if dl.num_workers > 0:
+        kw.update(prefetch_factor=dl.prefetch_factor, persistent_workers=dl.persistent_workers)
     return DataLoader(dl.dataset, batch_size=bs, sampler=sampler, **kw)
 
-def check_plain_dl(dl, name):
-    "Raise a clear error unless `dl` is a DataLoader with a batch size and a Random or Sequential sampler."
-    if not isinstance(dl, DataLoader) or dl.batch_size is None:
-        raise TypeError(f"DistributedCallback: data.{name} must be a DataLoader built with batch_size (got "
-                        f"{type(dl).__name__}{'' if not isinstance(dl, DataLoader) else ' with a batch_sampler'}); "
-                        "it is re-built with a per-rank sampler")
-    if not isinstance(dl.sampler, (RandomSampler, SequentialSampler)):
-        raise TypeError(f"DistributedCallback: data.{name} uses a {type(dl.sampler).__name__}; only shuffle=True/False "
-                        "DataLoaders can be sharded across ranks")
+def _check_plain_dl(dl, name):
+    "Refuse a loader that cannot be re-built per rank."
+    ok = isinstance(dl, DataLoader) and dl.batch_size
+    if not (ok and isinstance(dl.sampler, (RandomSampler, SequentialSampler))):
+        raise TypeError(f"DistributedCallback: data.{name} must be a DataLoader with batch_size "
+                        f"and shuffle=True/False, got {dl!r}")
 
-def all_reduce_stats(stats, device):
-    "Sum an AvgStats' sample count and totals over all ranks in place, so every rank reports the global averages."
-    vals = [torch.tensor(float(stats.count))] + [torch.tensor(0.) if t is None else t.detach() for t in stats.totals]
-    v = torch.stack([torch.as_tensor(x).to(device=device, dtype=torch.float64).reshape(()) for x in vals])   # (1+n_metrics,)
+def _all_reduce_stats(stats, device):
+    "Sum an AvgStats' count and totals over all ranks, in place: each rank gets global averages."
+    v = torch.tensor([float(stats.count)] + [0. if t is None else float(t) for t in stats.totals],
+                     dtype=torch.float64, device=device)          # (1 + number of metrics,)
     dist.all_reduce(v)
     stats.count, stats.totals = int(round(v[0].item())), list(v[1:].unbind())
 
 # %% ../nbs/06a_distributed.ipynb #86b8bd26
 class DistributedCallback(Callback):
-    "Data-parallel training under torchrun: DDP model, a per-rank shard of each batch, metrics summed over all ranks."
-    order = -6   # before DeviceCallback (-5): set_device first, so its plain "cuda" is this rank's GPU; before AvgStatsCallback (0)
+    "Data-parallel training under torchrun: a DDP model, a shard of each batch per rank."
+    order = -6   # before DeviceCallback (-5): its plain "cuda" must be this rank's GPU
     def __init__(self, sync_bn=False, split_batch=False, seed=None, backend=None, **ddp_kwargs):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-            raise ValueError(f"DistributedCallback: seed must be None or an int >= 0, got {seed!r}")
-        self.sync_bn, self.split_batch, self.seed, self.backend, self.ddp_kwargs = sync_bn, split_batch, seed, backend, ddp_kwargs
-        self.saved, self.swaps, self.module, self.ddp, self.own_group = None, [], None, None, False
+        self.sync_bn, self.split_batch, self.seed = sync_bn, split_batch, seed
+        self.backend, self.ddp_kwargs = backend, ddp_kwargs
+        self.saved, self.swaps, self.ddp, self.own_group = None, [], None, False
 
     def begin_fit(self):
         run, learn, data = self.run, self.run.learn, self.run.learn.data
-        for nm in ('train_dl', 'valid_dl'): check_plain_dl(getattr(data, nm), nm)
+        for k in ('train_dl', 'valid_dl'): _check_plain_dl(getattr(data, k), k)
         self.env, self.device, self.own_group = init_distributed(self.backend)
         self.distributed = self.env.world_size > 1
         self.saved = (learn.model, data.train_dl, data.valid_dl, run.logger)
         data.train_dl = self.shard_train(data.train_dl)
         if not self.distributed: return
         if not is_main_process(): run.logger = lambda *a, **k: None
-        data.valid_dl = rebuild_dl(data.valid_dl, ShardSampler(len(data.valid_ds), self.env.rank, self.env.world_size),
-                                   data.valid_dl.batch_size)
+        shard = ShardSampler(len(data.valid_ds), self.env.rank, self.env.world_size)
+        data.valid_dl = _rebuild_dl(data.valid_dl, shard, data.valid_dl.batch_size)
         self.module = learn.model
         if self.sync_bn:
-            if self.device.type == 'cpu':
-                raise ValueError("DistributedCallback(sync_bn=True) needs CUDA devices: torch's SyncBatchNorm has no CPU "
-                                 "kernel. On CPU use sync_bn=False (each rank normalises with its own batch statistics).")
+            if self.device.type == 'cpu': raise ValueError("sync_bn=True needs CUDA devices")
             self.swaps = convert_sync_bn(self.module)
         self.module.to(self.device)
 
     def shard_train(self, dl):
-        "The training DataLoader re-built on a DistributedSampler: rank r takes items r, r+world, ... of each shuffle."
+        "`dl` on a DistributedSampler: rank r takes items r, r+world, ... of each shuffle."
         world, bs = self.env.world_size, dl.batch_size
         if self.split_batch:
-            if bs % world: raise ValueError(f"DistributedCallback(split_batch=True): batch size {bs} is not divisible "
-                                            f"by the {world} processes")
+            if bs % world: raise ValueError(f"split_batch: bs={bs} does not split in {world}")
             bs //= world
-        seed = self.seed if self.seed is not None else torch.initial_seed() % 2**62   # same on all ranks, see below
-        if self.distributed:                                                            # rank 0's seed wins
-            t = torch.tensor([seed], dtype=torch.int64, device=self.device); dist.broadcast(t, 0); seed = int(t.item())
+        seed = self.seed if self.seed is not None else torch.initial_seed() % 2**62
+        seed = broadcast_object(seed)                 # rank 0's seed: all ranks shuffle alike
         shuffle = isinstance(dl.sampler, RandomSampler)
-        self.sampler = DistributedSampler(dl.dataset, num_replicas=world, rank=self.env.rank, shuffle=shuffle, seed=seed)
-        return rebuild_dl(dl, self.sampler, bs)
+        self.sampler = DistributedSampler(dl.dataset, world, self.env.rank, shuffle, seed)
+        return _rebuild_dl(dl, self.sampler, bs)
 
     def begin_epoch(self):
-        self.sampler.set_epoch(self.run.epoch)                     # a new shuffle every epoch, identical on all ranks
+        set_epoch = getattr(self.sampler, 'set_epoch', None)
+        if set_epoch is not None: set_epoch(self.run.epoch)   # a new order, alike on all ranks
         if not self.distributed: return
-        if self.ddp is None:                                       # built here: after every begin_fit changed the model
+        if self.ddp is None:                          # after every begin_fit changed the model
             ids = [self.device.index] if self.device.type == 'cuda' else None
-            self.ddp = DDP(self.module, device_ids=ids, **self.ddp_kwargs)   # broadcasts rank 0's weights
+            self.ddp = DDP(self.module, device_ids=ids, **self.ddp_kwargs)   # rank 0's weights
         self.run.learn.model = self.ddp
 
-    def begin_validate(self):
-        if self.distributed: self.run.learn.model = self.module    # no DDP collectives: shards may differ in length
+    def begin_validate(self):   # the plain model: shards may differ in length, DDP would wait
+        if self.distributed: self.run.learn.model = self.module
 
     def begin_batch(self):
         if self.distributed and self.device.type == 'cuda':
-            run = self.run
-            run.xb, run.yb = run.xb.to(self.device, non_blocking=True), run.yb.to(self.device, non_blocking=True)
+            self.run.xb, self.run.yb = to_device((self.run.xb, self.run.yb), self.device)
 
     def after_epoch(self):
         if not self.distributed: return
         for cb in self.run.cbs:
             for st in (getattr(cb, 'train_stats', None), getattr(cb, 'valid_stats', None)):
-                if isinstance(st, AvgStats): all_reduce_stats(st, self.device)
+                if isinstance(st, AvgStats): _all_reduce_stats(st, self.device)
 
     def after_fit(self):
         if self.saved is not None:
-            run, learn = self.run, self.run.learn
-            learn.model, learn.data.train_dl, learn.data.valid_dl, run.logger = self.saved
+            learn = self.run.learn
+            learn.model, learn.data.train_dl, learn.data.valid_dl, self.run.logger = self.saved
             revert_sync_bn(self.swaps)
             self.saved, self.swaps, self.module, self.ddp = None, [], None, None
-        if self.own_group: dist.destroy_process_group(); self.own_group = False
+        if self.own_group:
+            dist.destroy_process_group()
+            self.own_group = False
