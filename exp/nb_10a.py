@@ -273,7 +273,8 @@ def predict(paths, run_dir, device='cpu', bs=64):
     paths, res = [Path(p) for p in listify(paths)], []
     for p in paths:
         if p.is_file(): continue
-        raise ArgError('paths', str(p), 'is a folder, not an image' if p.is_dir() else 'not found')
+        why = 'is a folder, not an image file' if p.is_dir() else 'not found'
+        raise ArgError('paths', str(p), why)
     for i in range(0, len(paths), bs):
         chunk = paths[i:i + bs]
         xb = torch.stack([_load_image(p, tfms) for p in chunk]).to(device)
@@ -288,7 +289,8 @@ class Renormalized(nn.Module):
     def __init__(self, model, src, dst):
         super().__init__()
         self.model = model
-        m, s, m2, s2 = (tensor(v).float().view(1, -1, 1, 1) for v in (*src, *dst))   # (c,) -> 4d
+        # each statistic (c,) -> (1, c, 1, 1), to broadcast over a batch (bs, c, h, w)
+        m, s, m2, s2 = (tensor(v).float().view(1, -1, 1, 1) for v in (*src, *dst))
         self.register_buffer('a', s / s2)            # x*s+m is the raw image, (raw-m2)/s2 its input
         self.register_buffer('b', (m - m2) / s2)
     def forward(self, x): return self.model(x * self.a + self.b)
