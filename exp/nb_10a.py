@@ -118,9 +118,8 @@ def _run_config(data, o, plan):
     cfg, bs = plan.recipe, global_batch(data)
     autocast = amp_dtype(plan.device) if cfg.mixed_precision else None     # None on a CPU
     return dict(format=FORMAT, data=str(o.data), pipeline=plan.pipeline, crop=plan.crop,
-                device=str(plan.device), workers=o.workers, n_train=data.n_train,
-                n_valid=data.n_valid,
-                vocab=data.vocab, global_bs=bs, peak_lr=peak_lr(cfg, bs),
+                device=str(plan.device), workers=o.workers, vocab=data.vocab, n_train=data.n_train,
+                n_valid=data.n_valid, global_bs=bs, peak_lr=peak_lr(cfg, bs),
                 teacher=None if o.teacher is None else str(Path(o.teacher).resolve()),
                 recipe=asdict(cfg), tricks=cfg.tricks,
                 stats=dict(mean=data.stats[0], std=data.stats[1]),
@@ -143,8 +142,9 @@ def _fit(data, o, plan, resume=None, cbs=None, teacher=None):
     out, main = o.out, is_main_process()
     if resume is None:
         config, rows = _run_config(data, o, plan), []
-        if main: atomic_write(out / 'config.json', json.dumps(config, indent=1))
-        if main: record_skipped(out, data)
+        if main:
+            atomic_write(out / 'config.json', json.dumps(config, indent=1))
+            record_skipped(out, data)
     else:
         config, ck = json.loads((out / 'config.json').read_text()), read_checkpoint(resume)
         mpath = out / 'metrics.json'
@@ -200,8 +200,8 @@ def train(data=None, opts=None, cbs=None, **options):
 def resumed_options(run_dir, **free):
     "The options (plus the `free` ones given), checkpoint and config of the stopped run `run_dir`."
     config, ck_path = resume_config(run_dir)
-    if config.get('format') != FORMAT:
-        fmt = config.get('format')
+    fmt = config.get('format')
+    if fmt != FORMAT:
         raise ArgError('run_dir', str(run_dir), f"its config.json is format {fmt}, this exp reads "
                        f"format {FORMAT}: resume it with the exp that made it, or start a new run")
     o = options_from_saved(TrainOptions, config['args'], **free)

@@ -36,6 +36,15 @@ def run_dir(folder, tmp_path_factory):
     return out
 
 
+def test_names():
+    "`import exp.nb_10` is the course's library; `from exp.nb_10a import *` adds the trainer's names, not its internals."
+    import exp.nb_10, exp.nb_10a
+    tool = {'TrainOptions', 'resolve', 'train', 'resume_train', 'predict', 'load_run', 'train_cli', 'predict_cli'}
+    assert tool <= set(exp.nb_10a.__all__) and not tool & set(exp.nb_10.__all__)
+    assert set(exp.nb_10.__all__) <= set(exp.nb_10a.__all__)
+    assert not {'main', 'predict_main', 'positive', 'non_negative', 'recipe', 'check_act'} & set(exp.nb_10a.__all__)
+
+
 def test_run_folder(run_dir):
     assert sorted(f.name for f in run_dir.iterdir()) == ['.exp-run.lock', 'checkpoint.pt', 'config.json', 'metrics.csv', 'metrics.json', 'model.pt', 'plot.png']
     rows = json.loads((run_dir / 'metrics.json').read_text())
