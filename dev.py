@@ -109,7 +109,7 @@ def main(argv):
     setup()
     if cmd == 'setup': return
     if cmd == 'test': return test(args)
-    if cmd == 'train': return sh(PY, '-m', 'exp.nb_10', *args, env=data_env())
+    if cmd == 'train': return sh(PY, '-m', 'exp.nb_10a', *args, env=data_env())
     if cmd == 'notebooks': return sh(PY, ROOT / '.ci' / 'exec_nb.py', *args, env=data_env())
     if cmd == 'test-nb': return sh(BIN / 'nbdev_test', '--path', *args, '--do_print', env=data_env())
     if cmd == 'bench':

@@ -166,7 +166,7 @@ def command(kind, a, data, seed, run_dir, fa_py):
               '--device', a.device, '--out', run_dir] + (['--workers', a.workers] if a.workers is not None else [])
     if kind == 'fastai': return [fa_py, ROOT / 'tests' / 'fastai_imagenette.py', *common]
     extra = EXP_FASTAI_FLAGS if kind == 'exp-fastai' else []
-    return [PROJECT_PY, '-m', 'exp.nb_10', *common, '--arch', 'xresnet18', '--act', 'relu', *extra, '--no-progress']
+    return [PROJECT_PY, '-m', 'exp.nb_10a', *common, '--arch', 'xresnet18', '--act', 'relu', *extra, '--no-progress']
 
 
 def run_one(kind, a, data, seed, out, fa_py):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from exp.nb_10 import train, resume_conflicts, CompileCallback, TrainOptions
+from exp.nb_10a import train, resume_conflicts, CompileCallback, TrainOptions
 
 needs_cc = pytest.mark.skipif(not (shutil.which('cc') or shutil.which('gcc')), reason="inductor on a CPU needs a C compiler")
 

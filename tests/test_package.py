@@ -13,7 +13,7 @@ MODULES = sorted(p.stem for p in (ROOT / 'exp').glob('nb_*.py'))
 
 
 CHAIN = ['nb_00', 'nb_00a', 'nb_00b', 'nb_01', 'nb_02', 'nb_03', 'nb_04', 'nb_05', 'nb_05a', 'nb_06', 'nb_06a', 'nb_07', 'nb_08',
-         'nb_08a', 'nb_08b', 'nb_09', 'nb_09a', 'nb_09b', 'nb_09c', 'nb_10']   # teaching chapters (plain numbers) and engineering ones (lettered)
+         'nb_08a', 'nb_08b', 'nb_09', 'nb_09a', 'nb_09b', 'nb_09c', 'nb_10', 'nb_10a']   # teaching chapters (plain numbers) and engineering ones (lettered)
 
 
 def test_modules_exist():
@@ -23,7 +23,7 @@ def test_modules_exist():
 
 @pytest.mark.parametrize('prev, mod', list(zip(CHAIN, CHAIN[1:])))
 def test_each_module_imports_the_one_before(prev, mod):
-    "Each module starts from the one just before it in the chain and passes its names on, so exp.nb_10 has them all."
+    "Each module starts from the one just before it in the chain and passes its names on, so exp.nb_10a has them all."
     first = next(l for l in (ROOT / 'exp' / f'{mod}.py').read_text().splitlines() if l.startswith(('from ', 'import ')))
     assert first == f'from .{prev} import *', (mod, first)
     m, p = importlib.import_module(f'exp.{mod}'), importlib.import_module(f'exp.{prev}')

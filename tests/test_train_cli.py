@@ -1,4 +1,4 @@
-"""End-to-end tests of `exp-train` / `exp-predict` (exp.nb_10) on a tiny generated ImageNet-style folder, CPU only."""
+"""End-to-end tests of `exp-train` / `exp-predict` (exp.nb_10a) on a tiny generated ImageNet-style folder, CPU only."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
 
@@ -13,9 +13,9 @@ CLASSES = ('cat', 'dog', 'fish')
 
 
 def _run(*args, timeout=120):
-    "Run `python -m exp.nb_10 ARGS` in a subprocess and return the CompletedProcess."
+    "Run `python -m exp.nb_10a ARGS` in a subprocess and return the CompletedProcess."
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='2')
-    return subprocess.run([sys.executable, '-m', 'exp.nb_10', *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, '-m', 'exp.nb_10a', *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -34,6 +34,15 @@ def run_dir(folder, tmp_path_factory):
     assert p.returncode == 0, p.stderr[-3000:]
     assert f'run saved to {out}' in p.stdout
     return out
+
+
+def test_names():
+    "`import exp.nb_10` is the course's library; `from exp.nb_10a import *` adds the trainer's names, not its internals."
+    import exp.nb_10, exp.nb_10a
+    tool = {'TrainOptions', 'resolve', 'train', 'resume_train', 'predict', 'load_run', 'train_cli', 'predict_cli'}
+    assert tool <= set(exp.nb_10a.__all__) and not tool & set(exp.nb_10.__all__)
+    assert set(exp.nb_10.__all__) <= set(exp.nb_10a.__all__)
+    assert not {'main', 'predict_main', 'positive', 'non_negative', 'recipe', 'check_act'} & set(exp.nb_10a.__all__)
 
 
 def test_run_folder(run_dir):
@@ -56,14 +65,14 @@ def test_model_loads_weights_only(run_dir):
     ck = torch.load(run_dir / 'model.pt', weights_only=True)
     assert (ck['arch'], ck['size'], ck['vocab'], ck['pipeline']) == ('xresnet18', 32, list(CLASSES), 'fast')
     assert len(ck['mean']) == len(ck['std']) == 3
-    from exp.nb_10 import make_model
+    from exp.nb_10a import make_model
     m = make_model(ck['arch'], 3, len(ck['vocab']), bcd=ck['bcd'])
     m.load_state_dict(ck['state_dict'])                          # strict: every key matches
 
 
 def test_fastai_like_recipe(folder, tmp_path):
     "fastai's recipe (--opt ranger --act mish --schedule flat-cos, no mixup) with --crop whole: recorded; predict rebuilds Mish."
-    from exp.nb_10 import load_run, predict, TRICKS
+    from exp.nb_10a import load_run, predict, TRICKS
     out = tmp_path / 'fastai-like'
     p = _run('--data', folder, '--epochs', '2', '--size', '32', '--bs', '8', '--workers', '0', '--device', 'cpu', '--no-progress',
              '--opt', 'ranger', '--act', 'mish', '--schedule', 'flat-cos', '--tricks', ','.join(t for t in TRICKS if t != 'mixup'),
@@ -84,7 +93,7 @@ def test_fastai_like_recipe(folder, tmp_path):
 
 def test_stats_measured_on_own_data(run_dir, folder, tmp_path):
     "Not Imagenette: the normalisation is measured on the training images, saved in config.json and model.pt, used by predict."
-    from exp.nb_10 import image_stats, imagenette_stats
+    from exp.nb_10a import image_stats, imagenette_stats
     cfg = json.loads((run_dir / 'config.json').read_text())
     ck = torch.load(run_dir / 'model.pt', weights_only=True)
     files = sorted((folder / 'train').glob('*/*'))
@@ -100,39 +109,48 @@ def test_stats_measured_on_own_data(run_dir, folder, tmp_path):
 
 
 def test_predict(run_dir, folder):
-    from exp.nb_10 import predict
+    from exp.nb_10a import predict
     imgs = sorted((folder / 'val').glob('*/*.jpg'))
     res = predict(imgs, run_dir)
     assert [r[0] for r in res] == [str(p) for p in imgs]
     assert all(c in CLASSES and 0 < p <= 1 for _, c, p in res)
-    from exp.nb_10 import ArgError
+    from exp.nb_10a import ArgError
     with pytest.raises(ArgError, match='missing.jpg') as e: predict([folder / 'missing.jpg'], run_dir)
     assert e.value.arg == 'paths'
     with pytest.raises(ArgError, match='model.pt.: not found') as e: predict(imgs, folder)
     assert e.value.arg == 'run_dir'
 
 
-def test_predict_cli(run_dir, folder):
+def test_predict_cli(run_dir, folder, capsys):
     img = sorted((folder / 'val' / 'dog').glob('*.jpg'))[0]
-    from exp.nb_10 import predict_main
-    (path, cls, prob), = predict_main([str(run_dir), str(img)])
-    assert path == str(img) and cls in CLASSES and 0 < prob <= 1
-    (_, cls2, prob2), = predict_main([str(run_dir / 'model.pt'), str(img), '--device', 'auto'])   # the file, any device
-    assert cls2 == cls and abs(prob2 - prob) < 1e-3
+    from exp.nb_10a import predict_cli
+    assert predict_cli([str(run_dir), str(img)]) is None                   # a console script: prints, returns None
+    path, cls, prob = capsys.readouterr().out.strip().split('\t')
+    assert path == str(img) and cls in CLASSES and 0 < float(prob) <= 1
+    predict_cli([str(run_dir / 'model.pt'), str(img), '--device', 'auto'])   # the file, any device
+    _, cls2, prob2 = capsys.readouterr().out.strip().split('\t')
+    assert cls2 == cls and abs(float(prob2) - float(prob)) < 1e-3
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit) as e: predict_main([str(run_dir), str(img), '--device', 'cuda'])
+        with pytest.raises(SystemExit) as e: predict_cli([str(run_dir), str(img), '--device', 'cuda'])
         assert e.value.code == 2
 
 
 def test_console_scripts_exit_zero(run_dir, folder):
-    "The installed `exp-predict` prints one line per image and exits 0; `exp-train` exits 2 on a bad argument."
-    bindir = Path(sys.executable).parent
-    if not (bindir / 'exp-predict').exists(): pytest.skip('console scripts not installed in this environment (pip install -e .)')
+    "settings.ini's console scripts, run as their wrapper runs them (sys.exit(f())): exp-predict exits 0, a bad exp-train flag 2."
+    import configparser
+    ini = configparser.ConfigParser(); ini.read(ROOT / 'settings.ini')
+    scripts = dict(e.split('=') for e in ini['DEFAULT']['console_scripts'].split())
+    assert scripts == {'exp-train': 'exp.nb_10a:train_cli', 'exp-predict': 'exp.nb_10a:predict_cli'}
+    def run(name, *args):
+        mod, f = scripts[name].split(':')
+        code = f'import sys; from {mod} import {f}; sys.exit({f}())'
+        return subprocess.run([sys.executable, '-c', code, *map(str, args)], cwd=ROOT, env=_env(), capture_output=True,
+                              text=True, timeout=120)
     img = sorted((folder / 'val' / 'dog').glob('*.jpg'))[0]
-    r = subprocess.run([str(bindir / 'exp-predict'), str(run_dir), str(img)], capture_output=True, text=True, timeout=120)
+    r = run('exp-predict', run_dir, img)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().split('\t')[0] == str(img) and len(r.stdout.strip().splitlines()) == 1
-    r = subprocess.run([str(bindir / 'exp-train'), '--bs', '0'], capture_output=True, text=True, timeout=120)
+    r = run('exp-train', '--bs', '0')
     assert r.returncode == 2 and '--bs' in r.stderr
 
 
@@ -152,7 +170,7 @@ def test_pipeline_option(pipeline, folder, tmp_path):
 
 def test_pipelines_normalise_once(folder, tmp_path):
     "The batch the model sees is normalised exactly once in both pipelines: about N(0, 1) per channel, never twice."
-    from exp.nb_10 import folder_databunch, build_learner, get_batch, BatchTransformXCallback, DRAFT, norm_imagenette
+    from exp.nb_10a import folder_databunch, build_learner, get_batch, BatchTransformXCallback, DRAFT, norm_imagenette
     stats = {}
     for pipeline in ('per-item', 'fast'):
         data = folder_databunch(folder, size=32, bs=24, num_workers=0, pipeline=pipeline, device='cpu', cache_dir=tmp_path)
@@ -169,9 +187,9 @@ def test_pipelines_normalise_once(folder, tmp_path):
 
 
 def _cli_error(capsys, argv):
-    "Call exp-train's main in-process; it must exit with status 2 (argparse error). Returns its stderr."
-    from exp.nb_10 import main
-    with pytest.raises(SystemExit) as e: main([str(a) for a in argv])
+    "Call exp-train's train_cli in-process; it must exit with status 2 (argparse error). Returns its stderr."
+    from exp.nb_10a import train_cli
+    with pytest.raises(SystemExit) as e: train_cli([str(a) for a in argv])
     assert e.value.code == 2
     return capsys.readouterr().err
 
@@ -221,7 +239,7 @@ TINY = ['--epochs', '2', '--size', '32', '--bs', '8', '--workers', '0', '--devic
 STOP_AFTER_EPOCH_1 = """
 import sys
 from pathlib import Path
-from exp.nb_10 import *
+from exp.nb_10a import *
 class CtrlCAfterFirstEpoch(Callback):
     "Raise KeyboardInterrupt (what Ctrl-C raises) once epoch 1 of 2 is done and CheckpointCallback (order 20) has saved it."
     order = 30
@@ -269,11 +287,11 @@ def test_resume_matches_uninterrupted_run(opt, folder, tmp_path, capsys):
     assert 'argument --resume' in (e := _cli_error(capsys, ['--resume', tmp_path / 'nope'])) and 'no such folder' in e
 
 
-def test_resume_keeps_the_runs_learning_rate(folder, tmp_path):
-    """A resumed run trains with the recipe it recorded: for a run saved before linear lr scaling existed, its lr as given
-    (rebuilding the recipe from the options by today's defaults would shrink an explicit --lr by batch/256)."""
+def test_resume_trains_the_recorded_recipe(folder, tmp_path, capsys):
+    """A resumed run trains with the recipe its config.json recorded, not one rebuilt from the options; a run folder
+    of another format is refused with one line that says so."""
     import shutil
-    from exp.nb_10 import Callback, train, resume_train
+    from exp.nb_10a import Callback, train, resume_train, FORMAT
     class CtrlC(Callback):
         order = 30
         def after_epoch(self):
@@ -284,16 +302,21 @@ def test_resume_keeps_the_runs_learning_rate(folder, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(folder, size=32, epochs=2, bs=8, device='cpu', workers=0, out=cut, progress=False, opt='sgd', lr=0.2, cbs=[CtrlC()])
     cfg = json.loads((cut / 'config.json').read_text())
-    assert (cfg['recipe']['linear_lr'], cfg['global_bs']) == (True, 8) and abs(cfg['peak_lr'] - 0.2 * 8 / 256) < 1e-12
-    old = tmp_path / 'old'; shutil.copytree(cut, old)
-    for k in ('peak_lr', 'global_bs'): del cfg[k]                  # config.json as runs wrote it before linear lr scaling
-    del cfg['recipe']['linear_lr']
-    (old / 'config.json').write_text(json.dumps(cfg, indent=1))   # its optimiser got recipe.lr = 0.2 as is
-    ck = torch.load(old / 'checkpoint.pt', weights_only=True); ck['config'] = cfg; torch.save(ck, old / 'checkpoint.pt')   # so has its copy
-    new_lrs, old_lrs = PeakLr(), PeakLr()
-    resume_train(cut, cbs=[new_lrs]); resume_train(old, cbs=[old_lrs])
-    assert len(new_lrs.lrs) == len(old_lrs.lrs) == 3 and max(new_lrs.lrs) > 0                  # epoch 2: 24 images / 8
-    np.testing.assert_allclose(old_lrs.lrs, np.array(new_lrs.lrs) * 256 / 8, rtol=1e-6)      # 0.2, not 0.2 x 8/256
+    assert (cfg['format'], cfg['recipe']['lr'], cfg['recipe']['linear_lr'], cfg['global_bs']) == (FORMAT, 0.2, True, 8)
+    assert abs(cfg['peak_lr'] - 0.2 * 8 / 256) < 1e-12                      # the scaled rate: a value of its own
+    edited, other = tmp_path / 'edited', tmp_path / 'other'
+    shutil.copytree(cut, edited); shutil.copytree(cut, other)
+    cfg['recipe']['linear_lr'] = False                                      # a recipe whose lr is not scaled
+    (edited / 'config.json').write_text(json.dumps(cfg, indent=1))
+    ck = torch.load(edited / 'checkpoint.pt', weights_only=True); ck['config'] = cfg; torch.save(ck, edited / 'checkpoint.pt')
+    new_lrs, edited_lrs = PeakLr(), PeakLr()
+    resume_train(cut, cbs=[new_lrs]); resume_train(edited, cbs=[edited_lrs])
+    assert len(new_lrs.lrs) == len(edited_lrs.lrs) == 3 and max(new_lrs.lrs) > 0           # epoch 2: 24 images / 8
+    np.testing.assert_allclose(edited_lrs.lrs, np.array(new_lrs.lrs) * 256 / 8, rtol=1e-6)   # 0.2 as recorded
+    (other / 'config.json').write_text(json.dumps({**cfg, 'format': FORMAT + 1}))
+    with pytest.warns(UserWarning, match='differs from the config saved'): err = _cli_error(capsys, ['--resume', other])
+    assert f'argument --resume: its config.json is format {FORMAT + 1}, this exp reads format {FORMAT}' in err
+    assert len(err.strip().splitlines()[-1]) > 0 and 'Traceback' not in err
 
 
 def test_torchrun_two_processes(folder, run_dir, tmp_path):
@@ -302,7 +325,7 @@ def test_torchrun_two_processes(folder, run_dir, tmp_path):
     out = tmp_path / 'ddp'
     env = {k: v for k, v in _env().items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
     p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-                        f'--master_port={port}', '-m', 'exp.nb_10', '--data', str(folder), '--arch', 'draft-cnn',
+                        f'--master_port={port}', '-m', 'exp.nb_10a', '--data', str(folder), '--arch', 'draft-cnn',
                         *TINY, '--out', str(out), '--teacher', str(run_dir)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert p.stdout.count('run saved to') == 1
@@ -313,15 +336,11 @@ def test_torchrun_two_processes(folder, run_dir, tmp_path):
     assert cfg['pipeline'] == 'fast'                                             # auto under torchrun: each rank reads its shard (nb 08b)
     assert (cfg['recipe']['distill'], cfg['teacher'], cfg['global_bs']) == (0.5, str(run_dir.resolve()), 2 * 8)   # 2 processes x --bs 8
     assert cfg['peak_lr'] == cfg['recipe']['lr']                                 # the draft's lr is not scaled (nor is Ranger's)
-    from exp.nb_10 import read_checkpoint
+    from exp.nb_10a import read_checkpoint
     ck = read_checkpoint(out / 'checkpoint.pt')
     assert ck['epoch'] == 2 and len(ck['rng']) == 2                             # both ranks' random states
 
 
-needs_skip_bad = pytest.mark.skipif('skip_bad' not in __import__('exp.nb_10', fromlist=['TrainOptions']).TrainOptions.__dataclass_fields__,
-                                    reason='TrainOptions has no skip_bad option yet (notebook 10)')
-
-@needs_skip_bad
 def test_bad_images_one_error_then_skip_bad(folder, tmp_path):
     "Several unreadable images: one error naming them all (and the file with the full list); --skip-bad trains without them."
     import shutil
@@ -352,8 +371,8 @@ def test_teacher_option(folder, run_dir, tmp_path, capsys):
     assert 'argument --teacher' in e and 'same classes' in e, e
     assert 'argument --teacher' in (e := _cli_error(capsys, ['--data', folder, *TINY, '--out', tmp_path / 'o2', '--teacher', tmp_path])) and 'not found' in e
     assert not (tmp_path / 'o1').exists() and not (tmp_path / 'o2').exists()
-    from exp.nb_10 import train
+    from exp.nb_10a import train
     out = train(folder, epochs=1, size=32, bs=8, workers=0, device='cpu', progress=False, opt='sgd', out=tmp_path / 'sgd', teacher=run_dir, distill_t=2.)
     cfg = json.loads((out / 'config.json').read_text())
     assert cfg['recipe']['linear_lr'] and abs(cfg['peak_lr'] - cfg['recipe']['lr'] * 8 / 256) < 1e-12       # lr per 256 images, scaled
-    assert (cfg['recipe']['distill'], cfg['recipe']['distill_T'], cfg['args']['distill_t']) == (0.5, 2., 2.)
+    assert (cfg['recipe']['distill'], cfg['recipe']['distill_t'], cfg['args']['distill_t']) == (0.5, 2., 2.)

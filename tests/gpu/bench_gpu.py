@@ -4,7 +4,7 @@
 1. model-only ceiling: xresnet50 train steps at 128 px on synthetic data already on the GPU (bf16 autocast, channels_last),
    at bs 64 and bs 256 (ReLU + SGD, with and without cudnn.benchmark) and at bs 64 with Mish + RAdam (fastai's optimiser without Lookahead);
 2. host syncs per epoch in exp's training loop (CUDA sync debug mode);
-3. exp: `python -m exp.nb_10` (xresnet50, 5 epochs, 128 px, fast pipeline) in several configurations (EXP_RUNS), each
+3. exp: `python -m exp.nb_10a` (xresnet50, 5 epochs, 128 px, fast pipeline) in several configurations (EXP_RUNS), each
    timed from process start to its final metric (the last write of metrics.json) and to exit, with the accuracy and
    per-epoch seconds from its run folder; the first run of each cache geometry builds the image cache;
 4. fastai 2.8.12's train_imagenette recipe (xresnet50 + Mish, ranger, flat-cos lr 8e-3, bs 64, fp16, label smoothing,
@@ -217,7 +217,7 @@ def run_exp(rep, a, key, label, bs, extra, device, size, limit, timeout, geometr
     shutil.rmtree(run_dir, ignore_errors=True)
     small = ['--limit', str(limit), '--workers', '0'] if limit else []
     bs = 8 if a.smoke else bs
-    cmd = [sys.executable, '-m', 'exp.nb_10', '--arch', 'xresnet50', '--epochs', str(a.epochs), '--bs', str(bs),
+    cmd = [sys.executable, '-m', 'exp.nb_10a', '--arch', 'xresnet50', '--epochs', str(a.epochs), '--bs', str(bs),
            '--size', str(size), '--pipeline', 'fast', '--device', device, '--out', str(run_dir), '--no-progress',
            '--cache-dir', str(a.work / '.exp-cache'), *small, *extra]
     t0, secs, out, rc = timed(cmd, a.work / f'exp-{key}.log', timeout)
