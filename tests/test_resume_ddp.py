@@ -307,7 +307,6 @@ def test_resume_in_process_and_checks(tmp_path):
     with pytest.raises(ValueError, match='nothing to resume'):      # all 3 epochs done now
         M.Runner(cbs=[M.CheckpointCallback(ck_path, resume=True)]).fit(3, small_learn())
 
-@pytest.mark.skipif(not hasattr(M.TensorBatchLoader, 'state_dict'), reason='TensorBatchLoader.state_dict not merged yet')
 def test_loader_state_of_the_fast_loader():
     "loader_state/set_loader_state (05a) save and restore a loader through its state_dict(): 08a's order and crops."
     tbl = M.TensorBatchLoader(torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8), torch.arange(8), 8, 4, train=True, seed=1)
