@@ -65,6 +65,7 @@ class ResBlock(nn.Module):
         self.act = act_cls()
     def forward(self, x): return self.act(self.convs(x) + self.idconv(self.pool(x)))
 
+# %% ../nbs/10_bag_of_tricks.ipynb #c2086207
 class XResNet(nn.Sequential):
     "ResNet with any of the tweaks 'b', 'c', 'd' ('': the plain ResNet) and zero-gamma blocks."
     def __init__(self, expansion, layers, c_in=3, c_out=1000, tweaks='bcd', zero_bn=True,
