@@ -11,13 +11,13 @@ reexport(globals(), 'exp.nb_05a')   # pass on every name from notebooks 00 to 05
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #30e8eaeb
 def normalize_to(train, valid):
-    "Normalize `train` and `valid` with the mean and std of `train` (never of `valid`)."
+    "`train` and `valid` normalized with the mean and std of `train`."
     m, s = train.mean(), train.std()
     return normalize(train, m, s), normalize(valid, m, s)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #81dbd6c7
 class Lambda(nn.Module):
-    "A layer that applies the plain function `func` to its input."
+    "A layer that applies the function `func`."
     def __init__(self, func):
         super().__init__()
         self.func = func
@@ -25,12 +25,12 @@ class Lambda(nn.Module):
     def extra_repr(self): return getattr(self.func, '__name__', repr(self.func))
 
 def flatten(x):
-    "Flatten every dimension but the first (the batch)."
+    "Flatten all dimensions but the first."
     return x.reshape(x.shape[0], -1)   # (bs, c, 1, 1) -> (bs, c)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #afb8e5a0
 def view_tfm(*size):
-    "A batch transform that views each batch of shape (bs, ...) as (bs, *size)."
+    "A batch transform that views a batch (bs, ...) as (bs, *size)."
     def _inner(x): return x.view(x.shape[0], *size)   # e.g. (bs, 784) -> (bs, 1, 28, 28)
     return _inner
 
@@ -38,14 +38,13 @@ mnist_view = view_tfm(1, 28, 28)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #444d41a3
 def default_device():
-    "The best device available here: CUDA, then Apple's MPS, then the CPU."
+    "The best device here: CUDA, then Apple's MPS, then the CPU."
     if torch.cuda.is_available(): return torch.device('cuda')
-    mps = getattr(torch.backends, 'mps', None)
-    if mps is not None and mps.is_available(): return torch.device('mps')
+    if torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
 
 def to_device(x, device=None):
-    "Move a tensor, or the tensors in a (nested) list, tuple or dict, to `device`."
+    "A tensor, or the tensors of nested lists, tuples and dicts, moved to `device`."
     device = default_device() if device is None else torch.device(device)
     if isinstance(x, torch.Tensor): return x.to(device, non_blocking=True)
     if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
@@ -54,7 +53,7 @@ def to_device(x, device=None):
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #172e5d91
 class DeviceCallback(Callback):
-    "Put the model (at begin_fit) and each batch (at begin_batch) on `device`."
+    "Put the model and each batch on `device`."
     order = -5
     def __init__(self, device=None):
         self.device = default_device() if device is None else torch.device(device)
@@ -68,18 +67,18 @@ class DeviceCallback(Callback):
         self.run.xb = to_device(self.run.xb, self.device)
         self.run.yb = to_device(self.run.yb, self.device)
 
-CudaCallback = DeviceCallback   # the course's name (notebook 10's draft uses it)
+CudaCallback = DeviceCallback   # the course's name
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #4169d391
 class BatchTransformXCallback(Callback):
-    "Replace each input batch `xb` by `tfm(xb)` before the forward pass."
+    "Replace each input batch `xb` by `tfm(xb)`."
     order = 2
     def __init__(self, tfm): self.tfm = tfm
     def begin_batch(self): self.run.xb = self.tfm(self.run.xb)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #80f26ae2
 def get_runner(model, data, lr=0.6, cbs=None, opt_func=None, loss_func=F.cross_entropy):
-    "A `Learner` (SGD unless `opt_func`) and a `Runner` of `cbs`: callbacks or callback factories."
+    "A `Learner` and a `Runner` of `cbs` (callbacks or callback factories)."
     cbs = listify(cbs)
     learn = Learner(model, (opt_func or optim.SGD)(model.parameters(), lr=lr), loss_func, data)
     run = Runner(cbs=[c for c in cbs if isinstance(c, Callback)],
@@ -88,7 +87,7 @@ def get_runner(model, data, lr=0.6, cbs=None, opt_func=None, loss_func=F.cross_e
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #834e9ba3
 class GeneralRelu(nn.Module):
-    "ReLU with an optional negative slope `leak`, a shift `sub` subtracted, and a ceiling `maxv`."
+    "ReLU with an optional slope `leak` below 0, shift `sub` and ceiling `maxv`."
     def __init__(self, leak=None, sub=None, maxv=None):
         super().__init__()
         self.leak, self.sub, self.maxv = leak, sub, maxv
@@ -100,24 +99,24 @@ class GeneralRelu(nn.Module):
     def extra_repr(self): return f'leak={self.leak}, sub={self.sub}, maxv={self.maxv}'
 
 def conv_layer(ni, nf, ks=3, stride=2, **kwargs):
-    "A 'same'-padded `ks`x`ks` convolution from `ni` to `nf` channels, then a `GeneralRelu`."
+    "A 'same'-padded convolution from `ni` to `nf` channels, then a `GeneralRelu`."
     conv = nn.Conv2d(ni, nf, ks, padding=ks // 2, stride=stride)
     return nn.Sequential(conv, GeneralRelu(**kwargs))
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #6bda8792
 def get_cnn_layers(data, nfs, layer, **kwargs):
-    "Stride-2 `layer`s from `data.c_in` through `nfs` (first kernel 5x5), pooling, a linear head."
+    "Stride-2 `layer`s through `nfs` (first kernel 5x5), pooling and a linear head."
     nfs = [data.c_in] + listify(nfs)
     return [layer(nfs[i], nfs[i+1], 5 if i == 0 else 3, **kwargs) for i in range(len(nfs) - 1)] + [
         nn.AdaptiveAvgPool2d(1), Lambda(flatten), nn.Linear(nfs[-1], data.c_out)]
 
 def get_cnn_model(data, nfs, layer, **kwargs):
-    "The layers of `get_cnn_layers` in an `nn.Sequential`."
+    "`get_cnn_layers` in an `nn.Sequential`."
     return nn.Sequential(*get_cnn_layers(data, nfs, layer, **kwargs))
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #24418b41
 class Hook:
-    "Register `f(hook, module, input, output)` as a forward hook on `m`, until `remove()`."
+    "`f(hook, module, input, output)` as a forward hook on `m`, until `remove()`."
     def __init__(self, m, f): self.hook = m.register_forward_hook(partial(f, self))
     def remove(self): self.hook.remove()
     def __enter__(self): return self
@@ -126,16 +125,14 @@ class Hook:
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #efd9e815
 class ListContainer:
-    "A list indexable by a list of indices or a boolean mask, with a short repr."
+    "A list indexable by a list of indices or a boolean mask."
     def __init__(self, items): self.items = listify(items)
     def __getitem__(self, idx):
-        if isinstance(idx, slice): return self.items[idx]
         if isinstance(idx, torch.Tensor): idx = idx.tolist()
-        try: return self.items[operator.index(idx)]
-        except TypeError: pass
+        if isinstance(idx, (int, np.integer, slice)): return self.items[idx]
         idx = list(idx)
         if idx and all(isinstance(o, (bool, np.bool_)) for o in idx):
-            return [o for m, o in zip(idx, self.items, strict=True) if m]   # one entry per item
+            return [o for m, o in zip(idx, self.items, strict=True) if m]
         return [self.items[i] for i in idx]
     def __len__(self): return len(self.items)
     def __iter__(self): return iter(self.items)
@@ -147,7 +144,7 @@ class ListContainer:
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #ed12fc31
 class Hooks(ListContainer):
-    "A `Hook` with function `f` on each module of `ms`; `remove()` or a `with` block removes all."
+    "A `Hook` with function `f` on each module of `ms`."
     def __init__(self, ms, f): super().__init__([Hook(m, f) for m in listify(ms)])
     def __enter__(self, *args): return self
     def __exit__(self, *args): self.remove()
@@ -161,7 +158,7 @@ class Hooks(ListContainer):
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #c8a88b60
 def append_stats(hook, mod, inp, outp):
-    "Forward hook: append a training output's mean, std and 40-bin histogram to `hook.stats`."
+    "Forward hook: append a training output's mean, std and histogram to `hook.stats`."
     if not hasattr(hook, 'stats'): hook.stats = ([], [], [])
     if not mod.training: return
     means, stds, hists = hook.stats
@@ -172,20 +169,20 @@ def append_stats(hook, mod, inp, outp):
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #a0be89da
 def _init_cnn(m, f):
-    "Apply `f(weight, a=0.1)` to every conv in `m` (recursively); zero their biases."
+    "`f(weight, a=0.1)` on every conv in `m` (recursively); biases zeroed."
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         f(m.weight, a=0.1)
         if m.bias is not None: m.bias.data.zero_()
     for l in m.children(): _init_cnn(l, f)
 
 def init_cnn(m, uniform=False):
-    "Kaiming init (a=0.1; normal, or uniform if `uniform`) of every conv layer in `m`; zero biases."
+    "Kaiming init (normal, or `uniform`) of every conv layer in `m`."
     _init_cnn(m, init.kaiming_uniform_ if uniform else init.kaiming_normal_)
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #e0001f7e
 def get_learn_run(data, nfs, layer, lr, cbs=None, opt_func=None, uniform=False,
                   model_func=get_cnn_model, init_func=init_cnn, **kwargs):
-    "The (learn, run) of a CNN `model_func(data, nfs, layer, **kwargs)` initialised by `init_func`."
+    "(learn, run) of a `model_func(data, nfs, layer, **kwargs)` initialised by `init_func`."
     model = model_func(data, nfs, layer, **kwargs)
     init_func(model, uniform=uniform)
     return get_runner(model, data, lr=lr, cbs=cbs, opt_func=opt_func)
