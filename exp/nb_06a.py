@@ -6,98 +6,86 @@ __all__ = ['DistEnv', 'dist_env', 'init_distributed', 'main_process_first', 'con
 
 # %% ../nbs/06a_distributed.ipynb #37a72e0f
 from .nb_06 import *
-reexport(globals(), 'exp.nb_06')   # pass on every name of the chapters before
+reexport(globals(), 'exp.nb_06')
+import functools, itertools
 from collections import namedtuple
-from torch.utils.data import DistributedSampler, Sampler, RandomSampler, SequentialSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 # %% ../nbs/06a_distributed.ipynb #14b10a01
 DistEnv = namedtuple('DistEnv', 'rank world_size local_rank')
 
 def dist_env():
-    "RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them (0, 1, 0 in a plain process)."
+    "RANK, WORLD_SIZE and LOCAL_RANK from torchrun (0, 1, 0 in a plain process)."
     world = env_int('WORLD_SIZE', 1)
     rank = env_int('RANK', 0)
     local = env_int('LOCAL_RANK', rank)
     if not 0 <= rank < world: raise ValueError(f"RANK={rank} does not fit WORLD_SIZE={world}")
-    if world > 1 and ('RANK' not in os.environ or 'MASTER_ADDR' not in os.environ):
-        raise ValueError(f"WORLD_SIZE={world} without RANK or MASTER_ADDR: launch with torchrun")
+    if world > 1 and 'RANK' not in os.environ:
+        raise ValueError(f"WORLD_SIZE={world} without RANK: launch with torchrun")
     return DistEnv(rank, world, local)
 
-_RDZV = {}   # this process's rendezvous store (opened once) and the groups made on it
+@functools.cache
+def _rdzv_store(rank, world):
+    "torchrun's rendezvous store, opened once; each group takes a new prefix of it."
+    return next(dist.rendezvous('env://', rank=rank, world_size=world))[0]
 
-def _fresh_group_store(env):
-    "A new key prefix on torchrun's store: a later fit joins a new group, without stale keys."
-    if 'store' not in _RDZV:
-        rdzv = dist.rendezvous('env://', rank=env.rank, world_size=env.world_size)
-        _RDZV['store'], _RDZV['count'] = next(rdzv)[0], 0
-    _RDZV['count'] += 1                       # every rank runs the same fits, so the counts agree
-    return dist.PrefixStore(f'exp_group_{_RDZV["count"]}', _RDZV['store'])
+_n_groups = itertools.count(1)   # alike on all ranks: they run the same fits
 
 def init_distributed(backend=None):
-    "Join torchrun's process group (nccl on CUDA, else gloo) once; (DistEnv, device, created)."
+    "Join torchrun's process group once: (DistEnv, device, created)."
     env = dist_env()
     cuda = env.world_size > 1 and torch.cuda.is_available() and backend != 'gloo'
     device = torch.device('cuda', env.local_rank) if cuda else torch.device('cpu')
-    if cuda: torch.cuda.set_device(device)      # a plain 'cuda' now means this rank's GPU
+    if cuda: torch.cuda.set_device(device)
     if env.world_size == 1 or dist.is_initialized(): return env, device, False
-    dist.init_process_group(backend or ('nccl' if cuda else 'gloo'), store=_fresh_group_store(env),
+    store = dist.PrefixStore(f'exp_group_{next(_n_groups)}', _rdzv_store(env.rank, env.world_size))
+    dist.init_process_group(backend or ('nccl' if cuda else 'gloo'), store=store,
                             rank=env.rank, world_size=env.world_size,
                             device_id=device if cuda else None)
     return env, device, True
 
 def main_process_first(f, *args, **kwargs):
-    "Call `f(*args, **kwargs)` on rank 0, then (after a barrier) on the other ranks."
+    "`f(*args, **kwargs)` on rank 0, then (after a barrier) on the others."
     if is_main_process(): res = f(*args, **kwargs)
     if dist.is_initialized(): dist.barrier()
     return res if is_main_process() else f(*args, **kwargs)
 
 # %% ../nbs/06a_distributed.ipynb #9d78505c
 def convert_sync_bn(model):
-    "Swap each BatchNorm of `model` for a SyncBatchNorm on the same tensors; return the swaps."
-    swaps = []
-    for parent in list(model.modules()):
-        for name, bn in list(parent.named_children()):
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.SyncBatchNorm:
-                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(bn))   # same tensors
-                swaps.append((parent, name, bn))
+    "Swap each BatchNorm of `model` for a SyncBatchNorm; the list of swaps."
+    swaps = [(p, name, bn) for p in model.modules() for name, bn in p.named_children()
+             if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.SyncBatchNorm]
+    for p, name, bn in swaps: setattr(p, name, nn.SyncBatchNorm.convert_sync_batchnorm(bn))
     return swaps
 
 def revert_sync_bn(swaps):
-    "Put back the BatchNorm modules that `convert_sync_bn` swapped out."
+    "Undo `convert_sync_bn`."
     for parent, name, bn in reversed(swaps): setattr(parent, name, bn)
 
 class ShardSampler(Sampler):
-    "Indices rank, rank+world, ... of `n` items: disjoint shards, each item once (no padding)."
-    def __init__(self, n, rank, world): self.n, self.rank, self.world = n, rank, world
-    def __iter__(self): return iter(range(self.rank, self.n, self.world))
-    def __len__(self): return len(range(self.rank, self.n, self.world))
+    "Indices rank, rank+world, ... of `n` items: each item in one shard, no padding."
+    def __init__(self, n, rank, world): self.idxs = range(rank, n, world)
+    def __iter__(self): return iter(self.idxs)
+    def __len__(self): return len(self.idxs)
 
 def _rebuild_dl(dl, sampler, bs):
-    "A DataLoader like `dl` (workers, collate, pinning, drop_last) on `sampler`, batch size `bs`."
-    kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
-              drop_last=dl.drop_last, timeout=dl.timeout, worker_init_fn=dl.worker_init_fn)
-    if dl.num_workers > 0:
-        kw.update(prefetch_factor=dl.prefetch_factor, persistent_workers=dl.persistent_workers)
-    return DataLoader(dl.dataset, batch_size=bs, sampler=sampler, **kw)
-
-def _check_plain_dl(dl, name):
-    "Refuse a loader that cannot be re-built per rank."
-    ok = isinstance(dl, DataLoader) and dl.batch_size
-    if not (ok and isinstance(dl.sampler, (RandomSampler, SequentialSampler))):
-        raise TypeError(f"DistributedCallback: data.{name} must be a DataLoader with batch_size "
-                        f"and shuffle=True/False, got {dl!r}")
+    "A DataLoader like `dl` on `sampler`, with batch size `bs`."
+    return DataLoader(dl.dataset, bs, sampler=sampler, num_workers=dl.num_workers,
+                      collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
+                      timeout=dl.timeout, worker_init_fn=dl.worker_init_fn,
+                      prefetch_factor=dl.prefetch_factor, persistent_workers=dl.persistent_workers)
 
 def _all_reduce_stats(stats, device):
-    "Sum an AvgStats' count and totals over all ranks, in place: each rank gets global averages."
+    "Sum an AvgStats' count and totals over all ranks, in place."
     v = torch.tensor([float(stats.count)] + [0. if t is None else float(t) for t in stats.totals],
-                     dtype=torch.float64, device=device)          # (1 + number of metrics,)
+                     dtype=torch.float64, device=device)   # (1 + n_metrics,)
     dist.all_reduce(v)
     stats.count, stats.totals = int(round(v[0].item())), list(v[1:].unbind())
 
 # %% ../nbs/06a_distributed.ipynb #86b8bd26
 class DistributedCallback(Callback):
-    "Data-parallel training under torchrun: a DDP model, a shard of each batch per rank."
-    order = -6   # before DeviceCallback (-5): its plain "cuda" must be this rank's GPU
+    "Data-parallel training under torchrun: DDP, a shard of the data per rank."
+    order = -6   # before DeviceCallback: a plain "cuda" must be this rank's GPU
     def __init__(self, sync_bn=False, split_batch=False, seed=None, backend=None, **ddp_kwargs):
         self.sync_bn, self.split_batch, self.seed = sync_bn, split_batch, seed
         self.backend, self.ddp_kwargs = backend, ddp_kwargs
@@ -105,7 +93,6 @@ class DistributedCallback(Callback):
 
     def begin_fit(self):
         run, learn, data = self.run, self.run.learn, self.run.learn.data
-        for k in ('train_dl', 'valid_dl'): _check_plain_dl(getattr(data, k), k)
         self.env, self.device, self.own_group = init_distributed(self.backend)
         self.distributed = self.env.world_size > 1
         self.saved = (learn.model, data.train_dl, data.valid_dl, run.logger)
@@ -115,33 +102,30 @@ class DistributedCallback(Callback):
         shard = ShardSampler(len(data.valid_ds), self.env.rank, self.env.world_size)
         data.valid_dl = _rebuild_dl(data.valid_dl, shard, data.valid_dl.batch_size)
         self.module = learn.model
-        if self.sync_bn:
-            if self.device.type == 'cpu': raise ValueError("sync_bn=True needs CUDA devices")
-            self.swaps = convert_sync_bn(self.module)
+        if self.sync_bn: self.swaps = convert_sync_bn(self.module)
         self.module.to(self.device)
 
     def shard_train(self, dl):
-        "`dl` on a DistributedSampler: rank r takes items r, r+world, ... of each shuffle."
+        "`dl` on a DistributedSampler: rank r reads items r, r+world, ..."
         world, bs = self.env.world_size, dl.batch_size
         if self.split_batch:
             if bs % world: raise ValueError(f"split_batch: bs={bs} does not split in {world}")
             bs //= world
         seed = self.seed if self.seed is not None else torch.initial_seed() % 2**62
-        seed = broadcast_object(seed)                 # rank 0's seed: all ranks shuffle alike
+        seed = broadcast_object(seed)   # rank 0's: all ranks shuffle alike
         shuffle = isinstance(dl.sampler, RandomSampler)
         self.sampler = DistributedSampler(dl.dataset, world, self.env.rank, shuffle, seed)
         return _rebuild_dl(dl, self.sampler, bs)
 
     def begin_epoch(self):
-        set_epoch = getattr(self.sampler, 'set_epoch', None)
-        if set_epoch is not None: set_epoch(self.run.epoch)   # a new order, alike on all ranks
+        if self.sampler is not None: self.sampler.set_epoch(self.run.epoch)
         if not self.distributed: return
-        if self.ddp is None:                          # after every begin_fit changed the model
+        if self.ddp is None:   # after every begin_fit changed the model
             ids = [self.device.index] if self.device.type == 'cuda' else None
-            self.ddp = DDP(self.module, device_ids=ids, **self.ddp_kwargs)   # rank 0's weights
+            self.ddp = DDP(self.module, device_ids=ids, **self.ddp_kwargs)
         self.run.learn.model = self.ddp
 
-    def begin_validate(self):   # the plain model: shards may differ in length, DDP would wait
+    def begin_validate(self):   # shards may differ in length: DDP would wait
         if self.distributed: self.run.learn.model = self.module
 
     def begin_batch(self):
