@@ -9,105 +9,85 @@ __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'mean', 
 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
 from .nb_07 import *
-reexport(globals(), 'exp.nb_07')   # pass on every name from notebooks 00 to 07
+reexport(globals(), 'exp.nb_07')
 import PIL, PIL.Image
-_all_ = ['PIL']  # re-exported for later notebooks
+_all_ = ['PIL']
 
 # %% ../nbs/08_data_block.ipynb #372e63e5
-# lower case, with the dot
 image_extensions = {'.bmp', '.gif', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp'}
 
 # %% ../nbs/08_data_block.ipynb #5b6cf694
 def setify(o):
-    "`o` as a set: None gives {}, a string or path a one-element set, an iterable its elements."
-    if o is None: return set()
-    if isinstance(o, (str, bytes, Path)): return {o}
-    return o if isinstance(o, set) else set(listify(o))
+    "`o` as a new set: None is {}, a string or path a one-element set."
+    return set(listify(o))
 
 # %% ../nbs/08_data_block.ipynb #3f259639
-def _norm_extensions(extensions):
-    "Lower-case extensions with a leading dot: 'JPG' and '.jpg' both become '.jpg'."
-    return {e.lower() if e.startswith('.') else '.' + e.lower() for e in setify(extensions)}
-
-def _keep_files(folder, names, extensions):
-    "Paths of the visible files among `names` in `folder` with one of `extensions` (any if empty)."
-    return [Path(folder)/n for n in names
-            if not n.startswith('.') and (not extensions or Path(n).suffix.lower() in extensions)]
-
 def get_files(path, extensions=None, recurse=False, include=None):
-    "Sorted paths of the visible files in `path` (and subfolders if `recurse`) with `extensions`."
-    path, exts, include = Path(path).expanduser(), _norm_extensions(extensions), setify(include)
-    if not recurse:
-        return sorted(_keep_files(path, [e.name for e in os.scandir(path) if e.is_file()], exts))
+    "Sorted visible files in `path` (and subfolders if `recurse`) with `extensions`."
+    path, include = Path(path).expanduser(), setify(include)
+    exts = {'.' + e.lower().lstrip('.') for e in setify(extensions)}   # 'JPG', '.jpg': '.jpg'
+    if recurse: walk = os.walk(path, followlinks=True)
+    else: walk = [(str(path), [], [e.name for e in os.scandir(path) if e.is_file()])]
     res, seen = [], set()
-    # linked folders count, each real one once
-    for folder, dirs, names in os.walk(path, followlinks=True):
+    for folder, dirs, names in walk:
         real = os.path.realpath(folder)
-        # a link back up the tree: not followed
-        if real in seen:
+        if real in seen:   # a link back up the tree
             warnings.warn(f"get_files: skipped '{folder}': it links to '{real}', already read")
             dirs[:] = []
             continue
         seen.add(real)
         top = folder == str(path)
-        keep = lambda d: not d.startswith('.') and (not top or not include or d in include)
-        dirs[:] = [d for d in dirs if keep(d)]
-        res += _keep_files(folder, names, exts)
+        dirs[:] = [d for d in dirs
+                   if not d.startswith('.') and (not top or not include or d in include)]
+        res += [Path(folder)/n for n in names
+                if not n.startswith('.') and (not exts or Path(n).suffix.lower() in exts)]
     return sorted(res)
 
 # %% ../nbs/08_data_block.ipynb #41a09e45
 def compose(x, funcs, *args, order_key='order', **kwargs):
-    "Apply `funcs` to `x` one after another, sorted by their `order_key` attribute (0 if missing)."
+    "Apply `funcs` to `x` in the order of their `order_key` attribute (0 if missing)."
     for f in sorted(listify(funcs), key=lambda f: getattr(f, order_key, 0)):
         x = f(x, *args, **kwargs)
     return x
 
 # %% ../nbs/08_data_block.ipynb #63aa871f
 class ItemList(ListContainer):
-    "A list of raw items (file names, labels...) with a base `path`; indexing applies `tfms`."
+    "Raw items (file names, labels...) with a base `path`; reading an item applies `tfms`."
     def __init__(self, items, path='.', tfms=None):
         super().__init__(items)
         self.path, self.tfms = Path(path), listify(tfms)
 
-    def new(self, items, cls=None):
-        "A list of the same kind (or of `cls`) holding `items`, with the same path and tfms."
-        return (cls or self.__class__)(items, self.path, tfms=self.tfms)
+    def new(self, items):
+        "A list of the same kind, path and tfms holding `items`."
+        return type(self)(items, self.path, tfms=self.tfms)
 
-    def get(self, o):
-        "The raw item for the stored entry `o` (itself here; `ImageList` opens the file)."
-        return o
+    def get(self, o): return o   # the raw item (`ImageList` opens the file)
 
     def _get(self, o): return compose(self.get(o), self.tfms)
 
     def __getitem__(self, idx):
-        if isinstance(idx, torch.Tensor) and idx.ndim == 0: idx = int(idx)
-        if isinstance(idx, (int, np.integer)): return self._get(self.items[idx])
+        if not isinstance(idx, slice) and np.ndim(idx) == 0: return self._get(self.items[idx])
         return [self._get(o) for o in super().__getitem__(idx)]
 
     def __iter__(self): return (self[i] for i in range(len(self)))
 
     def __repr__(self):
-        lines = [f'{self.__class__.__name__} ({len(self)} items) path={self.path}']
-        lines += [f'  {self._short(o)}' for o in self.items[:3]]
-        return '\n'.join(lines + (['  ...'] if len(self) > 3 else []))
-
-    def _short(self, o):
-        "Item `o` for display: a path relative to `self.path` when it lies inside it."
-        try: return Path(o).relative_to(self.path) if isinstance(o, Path) else o
-        except ValueError: return o
+        inside = lambda o: isinstance(o, Path) and o.is_relative_to(self.path)
+        lines = [f'{type(self).__name__} ({len(self)} items) path={self.path}']
+        lines += [f'  {o.relative_to(self.path) if inside(o) else o}' for o in self.items[:3]]
+        return '\n'.join(lines + ['  ...'] * (len(self) > 3))
 
 # %% ../nbs/08_data_block.ipynb #98f1cd0c
 class UnreadableImageError(ValueError):
-    "An image file that does not decode: `.path` is the file, `.reason` what the decoder said."
-    def __init__(self, path, reason=None):
+    "An image file that does not decode: `.path` the file, `.reason` the decoder's words."
+    def __init__(self, path, reason=None):   # a DataLoader worker passes only the message
         self.path, self.reason = (None, None) if reason is None else (Path(path), reason)
-        msg = f"Cannot read image file '{path}': {reason}. Replace or delete the file."
-        super().__init__(path if reason is None else msg)   # one argument: a worker's re-raise
-    def __reduce__(self): return type(self), (self.path, self.reason) if self.path else self.args
+        super().__init__(path if reason is None else
+                         f"Cannot read image file '{path}': {reason}. Replace or delete the file.")
 
 def open_image(fn):
-    "Open and fully decode image file `fn` with PIL; an UnreadableImageError names a broken file."
-    with open(fn, 'rb') as f:  # a missing file raises FileNotFoundError naming it
+    "Image file `fn` opened and decoded by PIL, or an UnreadableImageError."
+    with open(fn, 'rb') as f:
         try:
             im = PIL.Image.open(f)
             im.load()
@@ -115,32 +95,28 @@ def open_image(fn):
     return im
 
 class ImageList(ItemList):
-    "An ItemList of image files: reading an item opens it with PIL, then applies the tfms."
+    "An ItemList of image files: an item is the file opened by PIL, then the tfms."
     @classmethod
     def from_files(cls, path, extensions=image_extensions, recurse=True, include=None, **kwargs):
-        "An ImageList of the image files under `path` (see `get_files`); kwargs go to `__init__`."
+        "The image files under `path` (see `get_files`)."
         files = get_files(path, extensions, recurse=recurse, include=include)
-        exts = sorted(_norm_extensions(extensions))
-        where = f"'{path}'{' or its subfolders' if recurse else ''}"
-        if not files: raise FileNotFoundError(f"No files with extensions {exts} in {where}.")
+        exts = sorted(setify(extensions))
+        if not files: raise FileNotFoundError(f"No files with extensions {exts} in '{path}'")
         return cls(files, path, **kwargs)
 
     def get(self, fn): return open_image(fn)
 
 # %% ../nbs/08_data_block.ipynb #e469010e
 class Transform():
-    "Base class for item transforms: a callable whose `order` decides when `compose` applies it."
+    "Base class for item transforms, applied by their `order`."
     order = 0
 
-def _to_8bit(im):
-    "A 16/32-bit integer grey image rescaled to 8-bit 'L' (0..65535 -> 0..255)."
-    a = np.asarray(im).astype(np.float32)                 # (h, w)
-    return PIL.Image.fromarray(np.clip(np.round(a / 257), 0, 255).astype(np.uint8))
-
 def make_rgb(im, background=(255, 255, 255)):
-    "PIL image `im` as 8-bit RGB: modes converted, 16 bits rescaled, transparency on `background`."
+    "PIL image `im` as 8-bit RGB; transparent pixels show `background`."
     if im.mode == 'RGB': return im
-    if im.mode.startswith('I'): im = _to_8bit(im)
+    if im.mode.startswith('I'):   # 16/32-bit integers: 0..65535 -> 0..255
+        a = np.asarray(im).astype(np.float32)
+        im = PIL.Image.fromarray(np.clip(np.round(a / 257), 0, 255).astype(np.uint8))
     if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
     if im.mode in ('RGBA', 'RGBa', 'LA', 'La', 'PA'):
         im = im.convert('RGBA')
@@ -152,7 +128,7 @@ make_rgb.order = 0
 
 # %% ../nbs/08_data_block.ipynb #caaa7d02
 class ResizeFixed(Transform):
-    "Resize a PIL image to `size`: an int for a square, or a (width, height) pair."
+    "Resize a PIL image to `size`: an int (a square) or (width, height)."
     order = 10
     def __init__(self, size, resample=PIL.Image.Resampling.BILINEAR):
         self.size, self.resample = (size, size) if isinstance(size, int) else tuple(size), resample
@@ -161,21 +137,20 @@ class ResizeFixed(Transform):
 
 # %% ../nbs/08_data_block.ipynb #aa5f87d8
 def to_byte_tensor(im):
-    "An 8-bit PIL image ('RGB' or 'L') as a uint8 tensor (channels, height, width)."
-    # (h, w) or (h, w, c); np.array copies: writable
-    t = torch.from_numpy(np.array(im, dtype=np.uint8))
+    "An 8-bit PIL image as a uint8 tensor (c, h, w)."
+    t = torch.from_numpy(np.array(im, dtype=np.uint8))   # (h, w) or (h, w, c), a writable copy
     # (h, w) -> (1, h, w); (h, w, c) -> (c, h, w)
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
 to_byte_tensor.order = 20
 
 def to_float_tensor(t):
-    "A uint8 image tensor as float32 values in [0, 1]."
+    "A uint8 image tensor as floats in [0, 1]."
     return t.float().div_(255.)
 to_float_tensor.order = 30
 
 # %% ../nbs/08_data_block.ipynb #0b2bcfa3
 def show_image(im, ax=None, figsize=(3, 3), title=None):
-    "Show a PIL image, an (h, w[, c]) array or a (c, h, w) tensor on `ax` (default: a new figure)."
+    "Show a PIL image, an (h, w[, c]) array or a (c, h, w) tensor on `ax` (or a new one)."
     if ax is None: _, ax = plt.subplots(figsize=figsize)
     if isinstance(im, torch.Tensor):
         im = im.detach().cpu()
@@ -191,8 +166,8 @@ def show_image(im, ax=None, figsize=(3, 3), title=None):
     return ax
 
 def show_batch(x, c=4, r=None, figsize=None, labels=None):
-    "Show the images of batch `x` on a grid of `c` columns and `r` rows, titled by `labels`."
-    r = math.ceil(len(x) / c) if r is None else r
+    "Show the images of batch `x` in `c` columns and `r` rows, titled by `labels`."
+    r = r or math.ceil(len(x) / c)
     fig, axs = plt.subplots(r, c, figsize=figsize or (8, min(8, 8 * r / c)), squeeze=False)
     for i, ax in enumerate(axs.flat):
         if i < len(x): show_image(x[i], ax=ax, title=None if labels is None else str(labels[i]))
@@ -202,29 +177,27 @@ def show_batch(x, c=4, r=None, figsize=None, labels=None):
 
 # %% ../nbs/08_data_block.ipynb #bfc7a39a
 def grandparent_splitter(fn, valid_name='valid', train_name='train'):
-    "True if `fn` is in a `valid_name` grandparent folder, False for `train_name`, else None."
-    gp = Path(fn).parent.parent.name
-    return True if gp == valid_name else False if gp == train_name else None
+    "True if the grandparent folder of `fn` is `valid_name`, False if `train_name`, else None."
+    return {valid_name: True, train_name: False}.get(Path(fn).parent.parent.name)
 
 def split_by_func(items, f):
-    "Split `items` into (train, valid) lists with `f`: True: valid, False: train, None: left out."
+    "(train, valid) lists of `items` by `f`: True is valid, False train, None left out."
     mask = [f(o) for o in items]
     return ([o for o, m in zip(items, mask) if m is not None and not m],
             [o for o, m in zip(items, mask) if m is not None and m])
 
 # %% ../nbs/08_data_block.ipynb #7bb4e2dd
 class SplitData():
-    "A training and a validation list; other attributes are looked up on the training list."
+    "A training and a validation list; other attributes come from the training list."
     def __init__(self, train, valid): self.train, self.valid = train, valid
 
     def __getattr__(self, k):
-        # no recursion in pickle/copy
-        if k.startswith('__') or k in ('train', 'valid'): raise AttributeError(k)
+        if k.startswith('__') or k in ('train', 'valid'): raise AttributeError(k)   # pickle, copy
         return getattr(self.train, k)
 
     @classmethod
     def split_by_func(cls, il, f):
-        "Split ItemList `il` with `f` (see `split_by_func`) into two lists of the same kind."
+        "ItemList `il` split by `f` (see `split_by_func`)."
         train, valid = split_by_func(il.items, f)
         return cls(il.new(train), il.new(valid))
 
@@ -232,77 +205,62 @@ class SplitData():
 
 # %% ../nbs/08_data_block.ipynb #04511a0e
 def uniqueify(x, sort=False):
-    "The distinct elements of `x` in order of first appearance (sorted if `sort`)."
+    "The distinct elements of `x` in order of appearance (or sorted)."
     res = list(dict.fromkeys(x))
     return sorted(res) if sort else res
 
 class Processor():
-    "Base class for processors: functions applied once to a whole list of items."
+    "Base class of processors, applied once to a whole list."
     def __call__(self, items): return self.process(items)
     def process(self, items): return items
 
 class CategoryProcessor(Processor):
-    "Labels -> ints, with a vocabulary built from the first list processed (the training set)."
+    "Labels -> ints, by a vocabulary built from the first list processed (training)."
     def __init__(self): self.vocab, self.otoi = None, None
 
     def process(self, items):
         if self.vocab is None:
             try: self.vocab = uniqueify(items, sort=True)
-            # labels of mixed types cannot be sorted
-            except TypeError: self.vocab = uniqueify(items)
+            except TypeError: self.vocab = uniqueify(items)   # mixed types do not sort
             self.otoi = {v: k for k, v in enumerate(self.vocab)}
         return [self.proc1(o) for o in items]
 
     def proc1(self, o):
         "The index of label `o` in the vocabulary."
         if o in self.otoi: return self.otoi[o]
-        raise ValueError(f"Label {o!r} is not in the vocabulary built from the training labels "
-                         f"({len(self.vocab)} classes: {', '.join(map(repr, self.vocab[:10]))}"
-                         f"{', ...' if len(self.vocab) > 10 else ''}); a class needs training "
-                         "examples: check the labelling function and the split.")
+        raise ValueError(f"Label {o!r} is not in the vocabulary {self.vocab[:10]} of the training "
+                         "labels: a class needs training examples")
 
-    def deprocess(self, idxs):
-        "Labels for the indices `idxs`."
-        return [self.deproc1(i) for i in idxs]
+    def deprocess(self, idxs): return [self.deproc1(i) for i in idxs]
+    def deproc1(self, i): return self.vocab[int(i)]
 
-    def deproc1(self, i):
-        "The label of index `i`."
-        return self.vocab[int(i)]
-
-CategoryProcesser = CategoryProcessor  # spelling used in the 2019 course
+CategoryProcesser = CategoryProcessor   # the 2019 course's spelling
 
 # %% ../nbs/08_data_block.ipynb #60374356
 def parent_labeler(fn):
-    "The name of the folder holding `fn`, used as its label."
+    "The name of the folder holding `fn`."
     return Path(fn).parent.name
 
-def _label_by_func(il, f, cls=ItemList): return cls([f(o) for o in il.items], path=il.path)
-
 class LabeledData():
-    "Inputs `x` and targets `y` (lists of equal length) after their processors; `[i]` is (x, y)."
+    "Inputs `x` and targets `y` after their processors; `[i]` is (x, y)."
     def __init__(self, x, y, proc_x=None, proc_y=None):
         self.x, self.y = self.process(x, proc_x), self.process(y, proc_y)
         self.proc_x, self.proc_y = proc_x, proc_y
 
     def process(self, il, proc):
-        "A list like `il` whose items went through the processor(s) `proc`."
+        "`il` with its items through the processor(s) `proc`."
         return il.new(compose(il.items, proc))
 
     def __repr__(self): return f'{type(self).__name__}\nx: {self.x}\ny: {self.y}'
     def __getitem__(self, idx): return self.x[idx], self.y[idx]
     def __len__(self): return len(self.x)
 
-    def x_obj(self, idx):
-        "Input `idx` with the processors undone."
-        return self.obj(self.x, idx, self.proc_x)
-
-    def y_obj(self, idx):
-        "Target `idx` with the processors undone (e.g. the class name)."
-        return self.obj(self.y, idx, self.proc_y)
+    def x_obj(self, idx): return self.obj(self.x, idx, self.proc_x)
+    def y_obj(self, idx): return self.obj(self.y, idx, self.proc_y)
 
     def obj(self, items, idx, procs):
         "Item(s) `idx` of `items` with the processors `procs` undone."
-        one = isinstance(idx, (int, np.integer)) or (torch.is_tensor(idx) and idx.ndim == 0)
+        one = not isinstance(idx, slice) and np.ndim(idx) == 0
         item = items[idx]
         for proc in reversed(listify(procs)):
             item = proc.deproc1(item) if one else proc.deprocess(item)
@@ -311,34 +269,24 @@ class LabeledData():
     @classmethod
     def label_by_func(cls, il, f, proc_x=None, proc_y=None):
         "Label every item of `il` with `f`."
-        return cls(il, _label_by_func(il, f), proc_x=proc_x, proc_y=proc_y)
+        return cls(il, ItemList([f(o) for o in il.items], il.path), proc_x=proc_x, proc_y=proc_y)
 
 def label_by_func(sd, f, proc_x=None, proc_y=None):
-    "Label both halves of SplitData `sd` with `f`, sharing the processors (training first)."
-    train = LabeledData.label_by_func(sd.train, f, proc_x=proc_x, proc_y=proc_y)
-    valid = LabeledData.label_by_func(sd.valid, f, proc_x=proc_x, proc_y=proc_y)
-    return SplitData(train, valid)
+    "Label both halves of SplitData `sd` with `f`; the processors learn from training."
+    lds = [LabeledData.label_by_func(il, f, proc_x, proc_y) for il in (sd.train, sd.valid)]
+    return SplitData(*lds)
 
 # %% ../nbs/08_data_block.ipynb #f9028928
 def default_num_workers():
-    "DataLoader workers used by default: the CPUs this process may run on, at most 8."
-    return min(8, n_cores())                    # n_cores: notebook 00 (the process's CPU affinity)
-
-def _n_classes(ld):
-    "Size of the vocabulary of `ld`'s target processor, or None."
-    for p in listify(getattr(ld, 'proc_y', None)):
-        if getattr(p, 'vocab', None) is not None: return len(p.vocab)
-
-def _n_channels(ds):
-    "Channels of the first input of dataset `ds` when it is an image tensor, else None."
-    x = ds[0][0]
-    return x.shape[0] if isinstance(x, torch.Tensor) and x.ndim == 3 else None
+    "Default DataLoader workers: the CPUs this process may use, at most 8."
+    return min(8, n_cores())
 
 def databunchify(sd, bs, c_in=None, c_out=None, num_workers=None, **kwargs):
-    "A DataBunch of DataLoaders over SplitData `sd` (batch `bs`, 2*bs to validate); kwargs to them."
+    "A DataBunch of DataLoaders over labelled SplitData `sd` (batch `bs`, 2*bs to validate)."
     if num_workers is None: num_workers = default_num_workers()
-    if c_in is None: c_in = _n_channels(sd.train)
-    if c_out is None: c_out = _n_classes(sd.train)
+    x, vocab = sd.train[0][0], getattr(sd.train.proc_y, 'vocab', None)
+    if c_in is None and isinstance(x, torch.Tensor) and x.ndim == 3: c_in = len(x)
+    if c_out is None and vocab is not None: c_out = len(vocab)
     dls = get_dls(sd.train, sd.valid, bs, num_workers=num_workers, **kwargs)
     return DataBunch(*dls, c_in=c_in, c_out=c_out)
 
@@ -348,11 +296,10 @@ SplitData.to_databunch = databunchify
 def normalize_chan(x, mean, std):
     "Normalize each channel of the float batch `x` (..., c, h, w) with `mean` and `std`."
     mean, std = (torch.as_tensor(o, dtype=x.dtype, device=x.device) for o in (mean, std))
-    # (c,) -> (c, 1, 1): broadcast over h and w
+    # (c,) -> (c, 1, 1)
     return (x - mean[:, None, None]) / std[:, None, None]
 
 # %% ../nbs/08_data_block.ipynb #2652a971
-# (mean, std): its train images, 128 px
-imagenette_stats = ((0.4625, 0.4579, 0.4303), (0.2743, 0.2714, 0.2938))
+imagenette_stats = ((0.4625, 0.4579, 0.4303), (0.2743, 0.2714, 0.2938))   # (mean, std), train set
 mean, std = (tensor(o) for o in imagenette_stats)
 norm_imagenette = partial(normalize_chan, mean=mean, std=std)
