@@ -12,7 +12,7 @@ reexport(globals(), 'exp.nb_00')   # pass on every name of the chapters before
 import tarfile, zlib, contextlib, errno, glob, http.client
 from pathlib import PureWindowsPath
 import urllib.request, urllib.error, urllib.parse
-import filelock                    # comes with PyTorch
+import filelock
 from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 
 # %% ../nbs/00a_data_access.ipynb #ff54e0e3
@@ -131,7 +131,7 @@ def atomic_save(obj, path):
     return atomic_file(path, lambda f: torch.save(obj, f), write_error)
 
 # %% ../nbs/00a_data_access.ipynb #246811f4
-file_lock = filelock.FileLock   # `file_lock(path, timeout=-1)`: an exclusive lock; -1 waits forever
+file_lock = filelock.FileLock   # file_lock(path, timeout=-1: forever)
 
 def remove_stale_temps(path, min_age=0.):
     "Delete the temporaries `.<name>.*.tmp` beside `path` older than `min_age` s."
@@ -161,8 +161,8 @@ def http_fetch(url, part, timeout=30, progress=None):
     "Append `url`'s bytes to the file `part`, resuming with an HTTP Range request."
     part, name = Path(part), url_fname(url)
     have = part.stat().st_size if part.exists() else 0
-    headers = {'Range': f'bytes={have}-'} if have else {}
-    try: resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    req = urllib.request.Request(url, headers={'Range': f'bytes={have}-'} if have else {})
+    try: resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code != 416 or not have: raise
         part.unlink()
@@ -192,23 +192,21 @@ def _unreadable(f, e, fix="delete it (or pass force=True) to fetch it again"):
 def _is_verified(dest, want): return dest.exists() and (want is None or file_sha256(dest) == want)
 
 def _check_part(part, want, src):
-    "Delete `part` and raise unless it has sha256 `want` or (None) is a whole tar."
     if want is not None and (got := file_sha256(part)) != want:
         part.unlink()
         raise ChecksumError(f"{part.stem} from {src} has sha256 {got}, expected {want}; "
                             "the bad file was deleted, try again")
     if want is not None or not part.stem.lower().endswith(_TAR_SUFFIXES): return
     try:
-        with tarfile.open(part) as tf: tf.getmembers()   # reads it through to its end
+        with tarfile.open(part) as tf: tf.getmembers()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         part.unlink()
         if isinstance(src, Path): raise _unreadable(src, e, "replace the mirror's copy")
         raise DownloadError(f"{src} arrived incomplete or damaged ({e}); try again") from e
 
-def _fetch(url, part, dest, relpath, progress, timeout):
-    "Fill `part` from the mirror, else the web; return the source."
+def _fetch(url, part, dest, relpath, progress, timeout):   # returns the source
     m = data_mirror()
-    for src in ([m/relpath, m/relpath.name] if m else []):   # its place, or the mirror's top
+    for src in ([m/relpath, m/relpath.name] if m else []):
         if src.is_file():
             shutil.copyfile(src, part)
             return src
@@ -231,7 +229,7 @@ def download_data(url, dest=None, sha256=None, force=False, progress=None, timeo
     want = sha256.lower() if sha256 is not None else KNOWN_SHA256.get(name)
     if not force and _is_verified(dest, want): return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(dest.with_name(f'.{dest.name}.lock')):   # a second process waits here
+    with file_lock(dest.with_name(f'.{dest.name}.lock')):
         if not force and _is_verified(dest, want): return dest
         part = dest.with_name(dest.name + '.part')
         if force: part.unlink(missing_ok=True)
@@ -244,7 +242,7 @@ def _is_abs(p): return bool(PureWindowsPath(p).anchor)   # '/x', '\\x', 'C:x'
 def _parts(n): return [p for p in n.replace('\\', '/').split('/') if p not in ('', '.')]
 
 def _walk(parts, links):
-    "'out' if the path `parts` climbs out of its folder, 'link' if it passes one of `links`."
+    "'out' if the path `parts` climbs out, 'link' if it passes one of `links`."
     cur = []
     for i, p in enumerate(parts):
         if p == '..' and not cur: return 'out'
@@ -252,7 +250,6 @@ def _walk(parts, links):
         if i < len(parts) - 1 and '/'.join(cur) in links: return 'link'
 
 def _member_problem(m, links):
-    "Why tar member `m` could land outside its folder, or None."
     parts, link = _parts(m.name), m.issym() or m.islnk()
     if _is_abs(m.name): return 'absolute path'
     if '..' in parts: return "'..' in its path"
@@ -267,7 +264,7 @@ def _member_problem(m, links):
 def safe_extract(archive, dest, progress=None):
     "Check every member of the tar `archive`, then extract it into `dest`."
     dest, name = Path(dest), Path(archive).name
-    kw = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}   # Python's own checks too
+    kw = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
     try:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
@@ -287,17 +284,17 @@ def safe_extract(archive, dest, progress=None):
 # %% ../nbs/00a_data_access.ipynb #412dad5e
 _STAMP = '.exp-extracted.json'
 
-def _stamp(archive):   # what tells versions of `archive` apart
+def _stamp(archive):   # tells versions apart
     s = archive.stat()
     return dict(archive=archive.name, size=s.st_size, mtime_ns=s.st_mtime_ns)
 
-def _has_stamp(folder, archive=None):   # of this version of `archive`, if given
+def _has_stamp(folder, archive=None):   # of `archive`'s version, if given
     try: st = json.loads((folder/_STAMP).read_text())
     except (OSError, ValueError): return False
     return archive is None or _stamp(archive).items() <= st.items()
 
-def _extract_into(archive, dest, progress):   # beside `dest`, then swapped in
-    remove_stale_temps(dest, 3600)                     # left by killed runs
+def _extract_into(archive, dest, progress):
+    remove_stale_temps(dest, 3600)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent))
     try:
         (tmp/'new').mkdir()
@@ -306,7 +303,7 @@ def _extract_into(archive, dest, progress):   # beside `dest`, then swapped in
         one = len(tops) == 1 and tops[0].is_dir() and not tops[0].is_symlink()
         new = tops[0] if one else tmp/'new'            # a single top folder is the content
         (new/_STAMP).write_text(json.dumps(_stamp(archive)))
-        if dest.exists(): os.replace(dest, tmp/'old')  # deleted with `tmp`
+        if dest.exists(): os.replace(dest, tmp/'old')
         os.replace(new, dest)
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
@@ -321,6 +318,6 @@ def untar_data(url, dest=None, sha256=None, force=False, progress=None):
         raise FileExistsError(f"{dest} exists and was not extracted by untar_data: it may hold "
                               "your files. Move it away, or pass another dest=")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(dest.with_name(f'.{dest.name}.lock')):   # one extraction at a time
+    with file_lock(dest.with_name(f'.{dest.name}.lock')):
         if not done(): _extract_into(archive, dest, progress)
     return dest
