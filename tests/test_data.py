@@ -60,6 +60,8 @@ def test_download_and_extract_small_archive(server, tmp_path):
     assert (d / 'train' / 'l').read_bytes() == b'A'
     assert leftovers(d.parent) == []
     assert untar_data(base + 'toy.tgz') == d and len(h.log) == 1          # stamp matches: no download, no re-extract
+    make_tar(root / 'two.tar.gz', [('two/a.txt', b'A')])
+    assert untar_data(base + 'two.tar.gz') == tmp_path / 'data' / 'two'   # the whole '.tar.gz' goes from the name
 
 
 def test_wrong_checksum(server, tmp_path):
