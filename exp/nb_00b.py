@@ -12,13 +12,13 @@ import struct, zlib
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
 
 def read_idx(fname):
-    "Read an IDX file (gzipped or raw) into a numpy array, checking its header and size."
+    "An IDX file (gzipped or raw) as a numpy array, header and size checked."
     try:
         data = Path(fname).read_bytes()
         data = gzip.decompress(data) if data[:2] == b'\x1f\x8b' else data
     except (OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{fname}: cannot read or decompress ({e}); fetch it again") from e
-    if len(data) < 4 or data[:2] != b'\0\0' or data[2] not in _IDX_DTYPES or not 1 <= data[3] <= 4:
+    if len(data) < 4 or data[:2] != b'\0\0' or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{fname}: not an IDX file (bad magic number {data[:4].hex()})")
     dt, start = np.dtype(_IDX_DTYPES[data[2]]), 4 + 4*data[3]
     dims = struct.unpack(f'>{data[3]}I', data[4:start]) if len(data) >= start else ()
@@ -28,23 +28,22 @@ def read_idx(fname):
 
 FMNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                   'Sneaker', 'Bag', 'Ankle boot']
-FMNIST_SYSTEM_PATH = Path('/usr/share/datasets/fashion-mnist')   # Debian's `dataset-fashion-mnist`
+FMNIST_SYSTEM_PATH = Path('/usr/share/datasets/fashion-mnist')
 
-def _fmnist_file(name, path=None):
-    "Fashion-MNIST file `name` from `path`, the mirror or the Debian folder; else downloaded."
+def _fmnist_file(name, path):
     m = data_mirror()
     folders = [Path(f) for f in (path, m and m/'fashion-mnist', m, FMNIST_SYSTEM_PATH) if f]
-    found = [c for f in folders for c in (f/name, f/name[:-3]) if c.is_file()]   # .gz, or unpacked
+    found = [c for f in folders for c in (f/name, f/name[:-3]) if c.is_file()]   # or unpacked
     return found[0] if found else download_data(URLs.FASHION_MNIST + name)
 
 def load_fashion_mnist(path=None):
-    "Fashion-MNIST as `(x_train, y_train, x_valid, y_valid)`: x float32 (N, 784) in [0,1], y int64."
+    "`(x_train, y_train, x_valid, y_valid)`: x float32 (N, 784) in [0,1], y int64."
     if path is not None and not Path(path).is_dir():
-        raise ArgError('path', str(path), "is not a folder; pass the one with the 4 files, or None")
+        raise ArgError('path', str(path), "is not a folder; pass the one with the 4 files")
     res, files = [], [_fmnist_file(f, path) for f in URLs.FASHION_MNIST_FILES]
     for fx, fy in (files[:2], files[2:]):
         x, y = read_idx(fx), read_idx(fy)
-        if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
+        if x.shape[1:] != (28, 28) or x.dtype != np.uint8:
             raise ValueError(f"{fx}: expected uint8 images (N, 28, 28), got {x.dtype} {x.shape}")
         if y.shape != (len(x),) or y.max(initial=0) > 9:
             raise ValueError(f"{fy}: expected {len(x)} labels in 0..9, got shape {y.shape}")
@@ -53,4 +52,4 @@ def load_fashion_mnist(path=None):
     return tuple(res)
 
 datasets = SimpleNamespace(URLs=URLs, untar_data=untar_data, download_data=download_data,
-                           load_fashion_mnist=load_fashion_mnist, FMNIST_CLASSES=FMNIST_CLASSES)
+                           load_fashion_mnist=load_fashion_mnist)
