@@ -306,11 +306,10 @@ class AsyncNaNCheck(TerminateOnNaNCallback):
                 l, epoch, it, in_train = group[int((~host).nonzero()[0])]
                 self.fail(l.reshape(-1)[0].item(), epoch, it, in_train)
 
-    def check(self):
+    def begin_validate(self):
         "Check every loss seen so far (waits for the device)."
         self.launch()
         self.poll(wait=True)
-    def begin_validate(self): self.check()
     after_epoch = begin_validate
 
 # %% ../nbs/08a_fast_pipeline.ipynb #8e95d2fa

@@ -64,17 +64,17 @@ def _cache_write_error(e, path):
 
 def write_cache(files, size, path, fingerprint, num_workers=None, geometry='square', progress=None):
     "Decode `files` into cache file `path` image by image, then write the header."
-    shape, bad, blank = [len(files), 3, size, size], [], bytes(3 * size * size)
+    meta = dict(fingerprint=fingerprint, shape=[len(files), 3, size, size], bad=[])
     def write(f):
         res = pool_imap(_decode_or_reason, [(fn, size, geometry) for fn in files], num_workers)
         what = f'image cache {Path(path).name}'
         for i, r in enumerate(progress_iter(res, len(files), what, progress)):
-            if isinstance(r, str): bad.append((files[i], r))
-            f.write(blank if isinstance(r, str) else r.contiguous().numpy().data)
-        head = json.dumps(dict(fingerprint=fingerprint, shape=shape, bad=bad)).encode()
+            if isinstance(r, str): meta['bad'].append((files[i], r))
+            f.write(bytes(3 * size * size) if isinstance(r, str) else r.contiguous().numpy().data)
+        head = json.dumps(meta).encode()
         f.write(head + struct.pack('<Q', len(head)) + CACHE_MAGIC)
     atomic_file(path, write, _cache_write_error)
-    return dict(fingerprint=fingerprint, shape=shape, bad=bad)
+    return meta
 
 # %% ../nbs/08b_big_folders.ipynb #78381f97
 class MappedImages:
