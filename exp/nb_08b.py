@@ -179,9 +179,9 @@ def mapped_databunch(sd, size, bs, device=None, stats=None, cache_dir=None, num_
     dls = []
     for (split, ld, g, cs), (images, _), keep in zip(plan, maps, keeps):
         x, train = _place(images, device, in_memory), split == 'train'
-        y = torch.as_tensor(list(ld.y.items))
-        dl = TensorBatchLoader(x, y, bs if train else 2 * bs, size, train=train, device=device,
-                               stats=st, seed=seed, keep=keep if len(keep) < len(x) else None,
+        dl = TensorBatchLoader(x, list(ld.y.items), bs if train else 2 * bs, size, train=train,
+                               device=device, stats=st, seed=seed,
+                               keep=keep if len(keep) < len(x) else None,
                                aspect=image_aspects(ld.x.items) if g == 'whole' else None)
         if x is images.x: dl.images = images
         else: images.release()   # the copy was read through the map
@@ -205,7 +205,8 @@ def _has_image(folder):
 def _layout_problem(path):
     "What is wrong with the layout of data folder `path` (a message), or None."
     if not path.is_dir():
-        return f"data folder {str(path)!r} does not exist: `path` must be a folder with train/ and val/"
+        return (f"data folder {str(path)!r} does not exist: `path` must be a folder with train/ "
+                "and val/")
     for sub in ('train', 'val'):
         if not (path/sub).is_dir():
             return f"data folder {str(path)!r} has no {sub}/ subfolder of class folders"
@@ -214,7 +215,8 @@ def _layout_problem(path):
     empty = [str(d) for d in _class_folders(path/'train') if not _has_image(d)]
     exts = ' '.join(sorted(image_extensions))
     if empty: return (f"class folder(s) {', '.join(empty[:5])} hold no image files ({exts}): every "
-                      "class needs training images. Put the class's images there, or delete the folder")
+                      "class needs training images. Put the class's images there, or delete the "
+                      "folder")
     train_names = {d.name for d in _class_folders(path/'train')}
     orphans = sorted(d.name for d in _class_folders(path/'val') if d.name not in train_names)
     if orphans: return (f"{path/'val'} has class folder(s) {', '.join(orphans[:5])} with no twin "
