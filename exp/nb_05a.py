@@ -11,7 +11,6 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'synth_learner', 'env_int', '
 from .nb_05 import *
 reexport(globals(), 'exp.nb_05')   # pass on every name of the chapters before
 import contextlib, io, csv, random
-import filelock
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 _all_ = ['dist', 'DDP']   # exported too
@@ -44,11 +43,11 @@ def unwrap_model(m):
     "The module inside a (Distributed)DataParallel `m`, else `m`."
     return m.module if isinstance(m, (DDP, nn.DataParallel)) else m
 
-def broadcast_object(obj, src=0):
-    "Rank `src`'s `obj`, on every process."
+def broadcast_object(obj):
+    "Rank 0's `obj`, on every process."
     if not (dist.is_available() and dist.is_initialized()): return obj
     box = [obj]
-    dist.broadcast_object_list(box, src)
+    dist.broadcast_object_list(box)
     return box[0]
 
 # %% ../nbs/05a_checkpoints.ipynb #71f61476
@@ -231,9 +230,9 @@ def run_dir_lock(out):
     "Hold the lock of run folder `out` (None on other ranks)."
     lock, msg = None, ''
     if out is not None:
-        lock = filelock.FileLock(Path(out) / '.exp-run.lock', timeout=0)
+        lock = file_lock(Path(out) / '.exp-run.lock', timeout=0)
         try: lock.acquire()
-        except filelock.Timeout:
+        except TimeoutError:
             lock, msg = None, f"run folder {out} is in use by another training process"
     msg = broadcast_object(msg)        # rank 0's answer, for all: none is left waiting
     if msg: raise RunSetupError(msg)
