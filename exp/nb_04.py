@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 # %% ../nbs/04_callbacks.ipynb #47025e39
 class DataBunch:
-    "Training and validation `DataLoader`s, with the input size `c_in` and output size `c_out`."
+    "The training and validation `DataLoader`s, with sizes `c_in` and `c_out`."
     def __init__(self, train_dl, valid_dl, c_in=None, c_out=None):
         self.train_dl, self.valid_dl, self.c_in, self.c_out = train_dl, valid_dl, c_in, c_out
 
@@ -25,13 +25,13 @@ class DataBunch:
 
 # %% ../nbs/04_callbacks.ipynb #7d124f9c
 def get_model(data, lr=0.5, nh=50):
-    "A two-layer MLP (n_in -> `nh` -> `data.c_out`) for `data`, and its SGD optimizer."
-    n_in = data.train_ds[0][0].numel()   # features of one input item
+    "A two-layer MLP for `data` and its SGD optimizer."
+    n_in = data.train_ds[0][0].numel()
     model = nn.Sequential(nn.Linear(n_in, nh), nn.ReLU(), nn.Linear(nh, data.c_out))
     return model, optim.SGD(model.parameters(), lr=lr)
 
 class Learner:
-    "The four things a training run needs: `model`, `opt`, `loss_func` and `data`."
+    "What a run needs: `model`, `opt`, `loss_func` and `data`."
     def __init__(self, model, opt, loss_func, data):
         self.model, self.opt, self.loss_func, self.data = model, opt, loss_func, data
     def __repr__(self):
@@ -39,14 +39,14 @@ class Learner:
 
 # %% ../nbs/04_callbacks.ipynb #81c9c0c2
 def camel2snake(name):
-    "Convert a CamelCase name to snake_case: 'TrainEvalCallback' -> 'train_eval_callback'."
-    s = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', name)      # split before a capitalised word
-    s = re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', s)        # split a lower/digit -> upper transition
+    "'TrainEvalCallback' -> 'train_eval_callback'."
+    s = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', name)
+    s = re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', s)
     return re.sub(r'_+', '_', s).lower()
 
 # %% ../nbs/04_callbacks.ipynb #74c03011
 def listify(o):
-    "`o` as a new list: None -> [], a str -> [o], an iterable -> list(o), else [o]."
+    "`o` as a new list (None: [], a str: [o])."
     if o is None: return []
     if isinstance(o, (str, bytes)): return [o]
     if isinstance(o, Iterable): return list(o)
@@ -58,7 +58,7 @@ EVENTS = ('begin_fit', 'begin_epoch', 'begin_batch', 'after_pred', 'after_loss',
           'after_epoch', 'after_cancel_train', 'after_fit')
 
 class Callback:
-    "Base class of callbacks: methods named after `EVENTS`; other attributes read from the runner."
+    "Base class of callbacks; unknown attributes are read from the runner."
     order, run = 0, None
     def set_runner(self, run): self.run = run
 
@@ -69,21 +69,19 @@ class Callback:
 
     @property
     def name(self):
-        "Snake-case class name without 'Callback': the runner attribute holding this callback."
+        "Snake-case class name without 'Callback'."
         return camel2snake(re.sub(r'Callback$', '', type(self).__name__) or 'callback')
 
 def _check_callback(cb):
-    "Refuse fastai's `_order` spelling and begin_*/after_* methods that are not `EVENTS`."
-    if hasattr(cb, '_order'):   # fastai's spelling would be silently ignored
-        raise ValueError(f"{type(cb).__name__} sets `_order`; here the sort key is `order`")
+    "Refuse `_order` and begin_/after_ methods that are not `EVENTS`."
+    name = type(cb).__name__
+    if hasattr(cb, '_order'): raise ValueError(f"{name} sets `_order`; the sort key is `order`")
     bad = [m for m in dir(type(cb)) if m.startswith(('begin_', 'after_')) and m not in EVENTS]
-    if bad: raise ValueError(f"{type(cb).__name__}.{bad[0]} is not one of the EVENTS")
-    return cb
+    if bad: raise ValueError(f"{name}.{bad[0]} is not one of the EVENTS")
 
 # %% ../nbs/04_callbacks.ipynb #a5a7a09e
 class TrainEvalCallback(Callback):
-    "Switch the model between train and eval mode; count progress in `n_epochs` and `n_iter`."
-    order = 0
+    "Switch train/eval mode; count progress in `n_epochs` and `n_iter`."
     def begin_fit(self): self.run.n_epochs, self.run.n_iter = 0., 0
     def begin_epoch(self):
         self.run.n_epochs = float(self.run.epoch)
@@ -100,13 +98,13 @@ class TrainEvalCallback(Callback):
 
 # %% ../nbs/04_callbacks.ipynb #c975f70d
 class CallbackHost:
-    "Holds checked callbacks (each also as `self.<cb.name>`) and fires events on them in `order`."
+    "Holds checked callbacks and fires events on them."
     def __init__(self, cbs=None):
         self.cbs, self._key, self._table = [], None, {}
         self.add_cbs(cbs)
 
     def add_cbs(self, cbs):
-        "Attach callbacks: check them, store each as `run.<cb.name>` and give it this runner."
+        "Check and attach `cbs`, each also as `self.<cb.name>`."
         for cb in listify(cbs):
             _check_callback(cb)
             taken = vars(self).get(cb.name, cb)
@@ -117,25 +115,22 @@ class CallbackHost:
             self.cbs.append(cb)
 
     def handlers(self, event_name):
-        "The bound methods `event_name` fires, in order (cached until `run.cbs` changes)."
-        key = tuple(self.cbs)
-        if key != self._key: self._key, self._table = key, {}
-        fs = self._table.get(event_name)
-        if fs is None:
-            if event_name not in EVENTS:
-                raise ValueError(f"unknown event name {event_name!r}")
+        "The bound methods `event_name` fires, in `order` (cached)."
+        if self._key != tuple(self.cbs): self._key, self._table = tuple(self.cbs), {}
+        if event_name not in self._table:
+            if event_name not in EVENTS: raise ValueError(f"unknown event name {event_name!r}")
             cbs = sorted(self.cbs, key=lambda cb: cb.order)
             fs = [getattr(cb, event_name) for cb in cbs if hasattr(type(cb), event_name)]
             self._table[event_name] = fs
-        return fs
+        return self._table[event_name]
 
     def __call__(self, event_name):
-        "Fire `event_name` on the callbacks that have it, in `order`; return values are ignored."
+        "Fire `event_name` on the callbacks, in `order`."
         for f in self.handlers(event_name): f()
 
 # %% ../nbs/04_callbacks.ipynb #4a8e52e0
 class Runner(CallbackHost):
-    "The training loop: fires the `EVENTS` on its callbacks around every step of `fit`."
+    "The training loop, firing `EVENTS` on its callbacks."
     def __init__(self, cbs=None, cb_funcs=None):
         self.in_train, self.logger, self.learn = False, print, None
         self.epoch = self.epochs = self.iter = self.iters = self.n_iter = 0
@@ -149,7 +144,7 @@ class Runner(CallbackHost):
     data      = property(lambda self: self.learn.data)
 
     def batch_steps(self, xb, yb):
-        "Forward and loss, then (in training) backward and step; each step fires its event."
+        "Forward, loss, then (training) backward and step, with their events."
         self.xb, self.yb, self.pred, self.loss = xb, yb, None, None
         self('begin_batch')
         self.pred = self.model(self.xb)
@@ -165,18 +160,18 @@ class Runner(CallbackHost):
         finally: self.opt.zero_grad()    # no gradient outlives its batch
 
     def one_batch(self, xb, yb):
-        "One batch: `batch_steps`, then the after_batch event."
+        "`batch_steps`, then after_batch."
         self.batch_steps(xb, yb)
         self('after_batch')
 
     def run_phase(self, event_name, dl):
-        "Set `run.dl`, `run.iters`, fire 'begin_epoch' or 'begin_validate', then run every batch."
+        "Fire `event_name`, then run every batch of `dl`."
         self.dl, self.iters = dl, len(dl)
         self(event_name)
         for self.iter, (xb, yb) in enumerate(dl): self.one_batch(xb, yb)
 
     def fit(self, epochs, learn):
-        "Train `learn` for `epochs` epochs, running the validation set after each one."
+        "Train `learn` for `epochs` epochs, validating after each."
         self.epochs, self.learn = epochs, learn
         for cb in self.cbs: cb.set_runner(self)
         self('begin_fit')
@@ -189,12 +184,11 @@ class Runner(CallbackHost):
 
 # %% ../nbs/04_callbacks.ipynb #23cf2f3f
 def metric_name(m):
-    "The display name of a metric function (also for `functools.partial` objects)."
-    f = getattr(m, 'func', m)                       # a functools.partial names its function
-    return getattr(m, '__name__', None) or getattr(f, '__name__', type(m).__name__)
+    "The name of metric `m` (also of a `functools.partial`)."
+    return getattr(getattr(m, 'func', m), '__name__', type(m).__name__)
 
 class AvgStats:
-    "Loss and `metrics` summed over an epoch, weighted by batch size; `avg_stats`: the means."
+    "Loss and `metrics` of an epoch, weighted by batch size."
     def __init__(self, metrics, in_train):
         self.metrics, self.in_train = listify(metrics), in_train
         self.reset()
@@ -202,7 +196,7 @@ class AvgStats:
     def reset(self): self.count, self.totals = 0, [None] * (1 + len(self.metrics))
 
     def accumulate(self, run):
-        "Add the loss and metrics of the batch held by `run`, weighted by its size."
+        "Add the loss and metrics of `run`'s batch."
         bn = run.yb.shape[0]
         self.count += bn
         vals = [run.loss] + [m(run.pred, run.yb) for m in self.metrics]
@@ -214,17 +208,15 @@ class AvgStats:
     @property
     def names(self): return ['loss'] + [metric_name(m) for m in self.metrics]
     @property
-    def all_stats(self): return [math.nan if t is None else float(t) for t in self.totals]
-    @property
-    def avg_stats(self): return [t / self.count if self.count else math.nan for t in self.all_stats]
+    def avg_stats(self):
+        return [float(t) / self.count if self.count else math.nan for t in self.totals]
     def __repr__(self):
         stats = ', '.join(f'{n} {v:.4f}' for n, v in zip(self.names, self.avg_stats))
         return f"{'train' if self.in_train else 'valid'}: {stats}"
 
 # %% ../nbs/04_callbacks.ipynb #78f1767c
 class AvgStatsCallback(Callback):
-    "Average loss and `metrics` per epoch (train, valid); log a row, keep it in `history`."
-    order = 0
+    "Loss and `metrics` averaged per epoch: logged, and kept in `history`."
     def __init__(self, metrics):
         self.train_stats, self.valid_stats = AvgStats(metrics, True), AvgStats(metrics, False)
         self.history = []
@@ -250,7 +242,6 @@ class AvgStatsCallback(Callback):
         stats = dict(zip(self.columns[1:-1], vals))
         self.history.append(dict(epoch=self.epoch, **stats, time=secs))
         t = f'{int(secs) // 60:02d}:{secs % 60:05.2f}'
-        row = [str(self.epoch)] + [f'{v:.6f}' for v in vals] + [t]
-        self.logger(*self.pad(row))
+        self.logger(*self.pad([str(self.epoch)] + [f'{v:.6f}' for v in vals] + [t]))
 
     def pad(self, items): return [str(o).ljust(w) for o, w in zip(items, self.widths)]

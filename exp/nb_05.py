@@ -13,50 +13,50 @@ from fastprogress.fastprogress import master_bar, progress_bar, IN_NOTEBOOK
 
 # %% ../nbs/05_anneal.ipynb #0945bda4
 def annealer(f):
-    "Decorator: turn `f(start, end, pos)` into a factory `f(start, end)` of schedules `pos -> x`."
+    "Decorator: `f(start, end, pos)` -> `f(start, end)`, a schedule of `pos`."
     @functools.wraps(f)
     def _inner(start, end): return partial(f, start, end)
     return _inner
 
 @annealer
 def sched_lin(start, end, pos):
-    "Linear from `start` (pos 0) to `end` (pos 1)."
+    "Linear from `start` to `end`."
     return start + pos * (end - start)
 
 @annealer
 def sched_cos(start, end, pos):
-    "Half a cosine from `start` (pos 0) to `end` (pos 1): slow at both ends, fastest in the middle."
+    "Half a cosine from `start` to `end`."
     return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
 
 @annealer
 def sched_no(start, end, pos):
-    "Constant `start` (`end` is ignored)."
+    "Constant `start`."
     return start
 
 @annealer
 def sched_exp(start, end, pos):
-    "Exponential from `start` to `end` (both > 0): equal ratios for equal steps of `pos`."
+    "Exponential from `start` to `end` (both > 0)."
     return start * (end / start) ** pos
 
 # %% ../nbs/05_anneal.ipynb #8451afa1
 def combine_scheds(pcts, scheds):
-    "One schedule from several: `scheds[i]` covers a fraction `pcts[i]` of training."
+    "One schedule: `scheds[i]` covers a fraction `pcts[i]` of training."
     bounds = [0.]
     for p in pcts: bounds.append(bounds[-1] + p)
-    bounds[-1] = 1.                                               # exact end despite float rounding
+    bounds[-1] = 1.                                    # exact end despite float rounding
     def _inner(pos):
         i = min(bisect.bisect_right(bounds, pos) - 1, len(scheds) - 1)
-        while bounds[i + 1] - bounds[i] <= 0: i -= 1     # pos 1.0 with trailing empty phases
+        while bounds[i + 1] - bounds[i] <= 0: i -= 1   # pos 1.0 with trailing empty phases
         return scheds[i](min((pos - bounds[i]) / (bounds[i + 1] - bounds[i]), 1.))
     return _inner
 
 def cos_1cycle_anneal(start, high, end):
-    "The two cosine phases of a one-cycle schedule: `start` up to `high`, then down to `end`."
+    "One cycle's two cosine phases: `start` up to `high`, down to `end`."
     return [sched_cos(start, high), sched_cos(high, end)]
 
 # %% ../nbs/05_anneal.ipynb #4b41473f
 class Recorder(Callback):
-    "Record the learning rate of each param group and the loss of every training batch; plot them."
+    "Record the lrs and loss of every training batch; plot them."
     order = 1
     def begin_fit(self): self.lrs, self._losses = [[] for _ in self.opt.param_groups], []
 
@@ -68,42 +68,41 @@ class Recorder(Callback):
 
     @property
     def losses(self):
-        "The recorded training losses as floats (converted in bulk, when read)."
+        "The recorded training losses as floats."
         return torch.stack(self._losses).float().tolist() if self._losses else []
 
-    def _plot(self, xs, ys, xlabel, ylabel):
+    def _plot(self, ylabel, *xy, xlabel='batch'):
         fig, ax = plt.subplots(figsize=(4, 2.5))
-        ax.plot(xs, ys)
+        ax.plot(*xy)
         ax.set(xlabel=xlabel, ylabel=ylabel)
         return ax
 
     def plot_lr(self, pgid=-1):
-        "Plot the learning rate of param group `pgid` against the batch number."
-        return self._plot(range(len(self.lrs[pgid])), self.lrs[pgid], 'batch', 'lr')
+        "Plot the lr of param group `pgid` per batch."
+        return self._plot('lr', self.lrs[pgid])
 
     def plot_loss(self, skip_last=0):
-        "Plot the training loss against the batch number, leaving out the last `skip_last` batches."
-        losses = self.losses[:len(self.losses) - skip_last]
-        return self._plot(range(len(losses)), losses, 'batch', 'loss')
+        "Plot the training loss per batch, without the last `skip_last`."
+        return self._plot('loss', self.losses[:len(self.losses) - skip_last])
 
     def plot(self, skip_last=0, pgid=-1):
-        "Plot the loss against the learning rate of param group `pgid`, on a log scale."
+        "Plot the loss against the lr (log scale)."
         n = len(self.losses) - skip_last
-        ax = self._plot(self.lrs[pgid][:n], self.losses[:n], 'lr (log scale)', 'loss')
+        ax = self._plot('loss', self.lrs[pgid][:n], self.losses[:n], xlabel='lr (log scale)')
         ax.set_xscale('log')
         return ax
 
 class ParamScheduler(Callback):
-    "Set hyper-parameter `pname` of each param group from `sched_funcs` before each training batch."
+    "Set hyper-parameter `pname` from `sched_funcs` before each training batch."
     order = 1
     def __init__(self, pname, sched_funcs): self.pname, self.sched_funcs = pname, sched_funcs
 
     def begin_fit(self):
         pgs = self.opt.param_groups
         if any(self.pname not in pg for pg in pgs):
-            raise ValueError(f"ParamScheduler: the optimizer has no hyper-parameter {self.pname!r}")
+            raise ValueError(f"the optimizer has no hyper-parameter {self.pname!r}")
         fs = self.sched_funcs
-        self.funcs = list(fs) if isinstance(fs, (list, tuple)) else [fs] * len(pgs)   # 1 per group
+        self.funcs = list(fs) if isinstance(fs, (list, tuple)) else [fs] * len(pgs)
 
     def begin_batch(self):
         run = self.run
@@ -113,59 +112,58 @@ class ParamScheduler(Callback):
 
 # %% ../nbs/05_anneal.ipynb #a040d2db
 class CancelTrainException(Exception):
-    "Raise in a callback to end `fit` early: the runner fires after_cancel_train, then after_fit."
+    "Raise in a callback to end `fit`."
 class CancelEpochException(Exception):
-    "Raise in a callback to end the training or validation phase (fires after_cancel_epoch)."
+    "Raise in a callback to end the training or validation phase."
 class CancelBatchException(Exception):
-    "Raise in a callback to skip the rest of the batch (fires after_cancel_batch, after_batch)."
+    "Raise in a callback to skip the rest of the batch."
 
 # %% ../nbs/05_anneal.ipynb #73388a8b
 class TrainingDiverged(FloatingPointError):
-    "The loss became nan or inf: its `.value`, and where: `.epoch`, `.batch` and `.in_train`."
+    "The loss became nan or inf: `.value`, `.epoch`, `.batch`, `.in_train`."
     def __init__(self, value, epoch, batch, in_train):
         phase = 'training' if in_train else 'validation'
-        super().__init__(f"loss is {value} at epoch {epoch}, batch {batch} ({phase}; 0-based "
-                         "run.epoch and run.iter). Lower the learning rate, check the inputs for "
-                         "nan/inf, or pass nan_check=False to Runner.")
+        super().__init__(f"loss is {value} at epoch {epoch}, batch {batch} ({phase}). Lower the "
+                         "learning rate, check the inputs for nan/inf, or pass nan_check=False.")
         self.value, self.epoch, self.batch, self.in_train = value, epoch, batch, in_train
     def __reduce__(self): return type(self), (self.value, self.epoch, self.batch, self.in_train)
 
 # %% ../nbs/05_anneal.ipynb #d05f19ae
 class TerminateOnNaNCallback(Callback):
-    "Raise `TrainingDiverged` (through `fail`) as soon as a batch's loss is nan or inf."
+    "Stop the run (through `fail`) when a batch's loss is nan or inf."
     order = -10
     @property
     def name(self): return 'terminate_on_nan'    # camel2snake would make 'NaN' 'na_n'
 
     def after_loss(self):
-        loss = self.run.loss
-        v = loss.reshape(-1)[0].item()          # () or (bs,) -> first value; waits for the device
-        if not math.isfinite(v): self.fail(v, self.run.epoch, self.run.iter, self.run.in_train)
+        run = self.run
+        v = run.loss.reshape(-1)[0].item()   # () or (bs,) -> first value
+        if not math.isfinite(v): self.fail(v, run.epoch, run.iter, run.in_train)
 
     def fail(self, value, epoch, batch, in_train):
-        "Report the non-finite loss `value` of batch `batch` of epoch `epoch`."
+        "Raise `TrainingDiverged` for a non-finite loss."
         raise TrainingDiverged(value, epoch, batch, in_train)
 
 # %% ../nbs/05_anneal.ipynb #4637dc77
 class Runner(Runner):
-    "Notebook 04's loop with Cancel*Exceptions, a nan guard and an `after_fit` that always runs."
+    "Notebook 04's loop with cancellation, a nan guard and an always-run `after_fit`."
     def __init__(self, cbs=None, cb_funcs=None, nan_check=True):
         guard = [TerminateOnNaNCallback()] if nan_check is True else listify(nan_check or None)
         super().__init__(guard + listify(cbs), cb_funcs)
 
     def one_batch(self, xb, yb):
-        "`batch_steps`, then after_batch; CancelBatchException skips the rest of the steps."
+        "`batch_steps`, then after_batch (also after CancelBatchException)."
         try: self.batch_steps(xb, yb)
         except CancelBatchException: self('after_cancel_batch')
         self('after_batch')
 
     def run_phase(self, event_name, dl):
-        "Notebook 04's phase (its begin event, then all batches); CancelEpochException ends it."
+        "Notebook 04's phase; CancelEpochException ends it."
         try: super().run_phase(event_name, dl)
         except CancelEpochException: self('after_cancel_epoch')
 
     def fit(self, epochs, learn):
-        "Train `learn` for `epochs` epochs; after_fit always runs, then errors are re-raised."
+        "Train `learn` for `epochs` epochs; after_fit runs however `fit` ends."
         self.epochs, self.learn, self.start_epoch = epochs, learn, 0
         try:
             for cb in self.cbs: cb.set_runner(self)
@@ -182,7 +180,7 @@ class Runner(Runner):
 
 # %% ../nbs/05_anneal.ipynb #63ad5190
 class LR_Find(Callback):
-    "Learning-rate range test: the lr grows exponentially from `min_lr` to `max_lr`."
+    "Learning-rate range test: the lr grows from `min_lr` to `max_lr`."
     order = -20
     def __init__(self, max_iter=100, min_lr=1e-6, max_lr=10, restore=True):
         self.max_iter, self.min_lr, self.max_lr, self.restore = max_iter, min_lr, max_lr, restore
@@ -190,15 +188,14 @@ class LR_Find(Callback):
     def begin_fit(self):
         self.best_loss = math.inf
         if not self.restore: return
-        opt = self.opt
-        hypers = [{k: v for k, v in pg.items() if k != 'params'} for pg in opt.param_groups]
-        self.saved = copy.deepcopy((self.model.state_dict(), opt.state_dict(), hypers))
+        hypers = [{k: v for k, v in pg.items() if k != 'params'} for pg in self.opt.param_groups]
+        self.saved = copy.deepcopy((self.model.state_dict(), self.opt.state_dict(), hypers))
 
     def begin_batch(self):
         run = self.run
         if not run.in_train: return
         if run.n_iter >= self.max_iter: raise CancelTrainException()
-        lr = self.min_lr * (self.max_lr / self.min_lr) ** (run.n_iter / (self.max_iter - 1))
+        lr = sched_exp(self.min_lr, self.max_lr)(run.n_iter / (self.max_iter - 1))
         for pg in run.opt.param_groups: pg['lr'] = lr
 
     def after_loss(self):
@@ -207,7 +204,7 @@ class LR_Find(Callback):
         if not math.isfinite(loss) or loss > 10 * self.best_loss: raise CancelTrainException()
         self.best_loss = min(self.best_loss, loss)
 
-    def begin_validate(self): raise CancelEpochException()    # validation tells nothing here
+    def begin_validate(self): raise CancelEpochException()
 
     def after_fit(self):
         if not self.restore: return
@@ -219,28 +216,26 @@ class LR_Find(Callback):
 
 # %% ../nbs/05_anneal.ipynb #95916465
 class ProgressCallback(Callback):
-    "fastprogress bars over epochs and batches (`show=None`: if there is a display), with the log."
+    "Progress bars over epochs and batches (`show=None`: if there is a display)."
     order = -1
     def __init__(self, show=None): self.show = show
 
     def begin_fit(self):
-        show = self.show
-        if show is None: show = IN_NOTEBOOK or sys.stdout.isatty()
-        self.mbar = master_bar(range(self.epochs)) if show else None   # pipe, CI log: no bars
+        show = (IN_NOTEBOOK or sys.stdout.isatty()) if self.show is None else self.show
+        self.mbar = master_bar(range(self.epochs)) if show else None
         if self.mbar is None: return
         self.mbar.on_iter_begin()
         self.old_logger, self.run.logger = self.run.logger, self.write
 
     def write(self, *items): self.mbar.write([str(o).strip() for o in items], table=True)
-    def begin_epoch(self): self.set_pb()
-    def begin_validate(self): self.set_pb()
 
-    def set_pb(self):
+    def begin_epoch(self):
         self.pb = None
         if self.mbar is None: return
         self.mbar.update(self.epoch)
         self.pb = progress_bar(self.run.dl, parent=self.mbar)
         self.pb.update(0)
+    begin_validate = begin_epoch
 
     def after_batch(self):
         if self.pb is not None: self.pb.update(self.run.iter + 1)
@@ -252,7 +247,7 @@ class ProgressCallback(Callback):
         self.run.logger = self.old_logger
 
 class TextLogger(Callback):
-    "Plain-text log: each `run.logger` row printed and, if `fname` is given, appended to that file."
+    "`run.logger`'s rows as text: printed and, if given, appended to file `fname`."
     order = -1
     def __init__(self, fname=None, echo=True): self.fname, self.echo = fname, echo
 
@@ -263,9 +258,7 @@ class TextLogger(Callback):
     def write(self, *items):
         line = '  '.join(str(o) for o in items).rstrip()
         if self.echo: print(line, flush=True)
-        if self.file is None: return
-        self.file.write(line + '\n')
-        self.file.flush()
+        if self.file is not None: print(line, file=self.file, flush=True)
 
     def after_fit(self):
         if self.file is not None: self.file.close()
