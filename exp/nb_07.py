@@ -142,10 +142,8 @@ def model_summary(run, learn, data, find_all=False):
         shapes.append(tuple(out.shape))
         print(f"{mod}\n  -> {tuple(out.shape)}\n")
     was_training = mdl.training
-    mdl.eval()  # don't let a summary update batchnorm running stats
-    try:
-        with Hooks(mods, _show), torch.no_grad(): mdl(xb)
-    finally: mdl.train(was_training)
+    with Hooks(mods, _show), torch.no_grad(): mdl.eval()(xb)   # eval: keep batchnorm statistics
+    mdl.train(was_training)
     return shapes
 
 # %% ../nbs/07_batchnorm.ipynb #c74ff2bf

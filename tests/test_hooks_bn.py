@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from functools import partial
 from exp.nb_07 import (DataBunch, Dataset, get_dls, Callback, get_runner, get_learn_run, conv_layer, DeviceCallback, CudaCallback,
                        BatchTransformXCallback, view_tfm, default_device, Hook, Hooks, ListContainer, append_stats, BatchNorm,
-                       LayerNorm, InstanceNorm, RunningBatchNorm, get_batch, find_modules, is_lin_layer, lsuv_module)
+                       LayerNorm, InstanceNorm, RunningBatchNorm, get_batch, find_modules, is_lin_layer, lsuv_module,
+                       model_summary, _lsuv_shift)
 from exp.nb_07 import test_close as assert_close      # imported under another name so that pytest does not collect it
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,30 +89,54 @@ def test_get_learn_run_argument_order():
 def test_batchnorm_matches_pytorch_train_and_eval():
     torch.manual_seed(1)
     ref, bn = nn.BatchNorm2d(5, momentum=0.1, eps=1e-5), BatchNorm(5, mom=0.1, eps=1e-5)
-    with torch.no_grad(): ref.weight.uniform_(0.5, 2); ref.bias.uniform_(-1, 1)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2)
+        ref.bias.uniform_(-1, 1)
     bn.load_state_dict(ref.state_dict())
     for step in range(6):
         x = torch.randn(4, 5, 3, 3) * (1 + step) - step
         assert_close(bn(x), ref(x), eps=1e-4)
-    assert_close(bn.running_mean, ref.running_mean); assert_close(bn.running_var, ref.running_var)
-    bn.eval(); ref.eval()
+    assert_close(bn.running_mean, ref.running_mean)
+    assert_close(bn.running_var, ref.running_var)
+    bn.eval()
+    ref.eval()
     x = torch.randn(2, 5, 3, 3) * 4 + 1
     assert_close(bn(x), ref(x), eps=1e-4)
-    other_mom = BatchNorm(5, mom=0.5); other_mom(torch.randn(4, 5, 3, 3) + 10)
+    other_mom = BatchNorm(5, mom=0.5)
+    other_mom(torch.randn(4, 5, 3, 3) + 10)
     assert 4 < other_mom.running_mean.mean() < 6            # momentum = weight of the new batch, as in PyTorch
 
 def test_layernorm_instancenorm_numerics():
     x = torch.randn(3, 4, 5, 5) * 2 + 1
     assert_close(LayerNorm()(x), F.layer_norm(x, x.shape[1:], eps=1e-5), eps=1e-4)
     inorm = InstanceNorm(4)
-    with torch.no_grad(): inorm.weight.uniform_(0.5, 1.5); inorm.bias.uniform_(-1, 1)
+    with torch.no_grad():
+        inorm.weight.uniform_(0.5, 1.5)
+        inorm.bias.uniform_(-1, 1)
     assert_close(inorm(x), F.instance_norm(x, weight=inorm.weight, bias=inorm.bias, eps=1e-5), eps=1e-4)
+    ref = nn.InstanceNorm2d(4, affine=True)
+    ref.load_state_dict(inorm.state_dict())      # same parameter names as PyTorch's
+    assert_close(inorm(x), ref(x), eps=1e-4)
 
 def test_running_batchnorm_repeated_batch_is_batchnorm():
     rbn, x = RunningBatchNorm(3), torch.randn(16, 3, 4, 4) * 3 + 2
     expected = F.batch_norm(x, None, None, training=True, eps=1e-5)
     for _ in range(4): assert_close(rbn(x), expected, eps=1e-4)
-    rbn.eval(); assert_close(rbn(x), expected, eps=1e-4)
+    rbn.eval()
+    assert_close(rbn(x), expected, eps=1e-4)
+
+def test_running_batchnorm_untrained_and_momentum():
+    x = torch.randn(2, 6, 4, 4)
+    assert_close(RunningBatchNorm(6).eval()(x), x, eps=1e-4)   # before any training: the identity
+    assert_close(RunningBatchNorm(6).batch_mom(2), 0.1)
+    assert RunningBatchNorm(6).batch_mom(256) > 0.9
+
+def test_batchnorm_needs_two_values_per_channel():
+    with pytest.raises(ValueError, match='1 value per channel'): BatchNorm(6).train()(torch.randn(1, 6, 1, 1))
+
+def test_conv_layer_without_bn():
+    l = conv_layer(8, 16, bn=False)
+    assert len(l) == 2 and l[0].bias is not None
 
 def test_lsuv_bias_free_and_bounded():
     torch.manual_seed(0)
@@ -123,8 +148,41 @@ def test_lsuv_bias_free_and_bounded():
         mean, std = lsuv_module(learn.model[0][0], xb, learn.model, tol=1e-12, max_iters=3)   # tol unreachable
     assert len(calls) <= 3 + 1 and learn.model[0][0].bias is None
     for m in find_modules(learn.model, is_lin_layer):
-        _, std = lsuv_module(m, xb, learn.model)
+        mean, std = lsuv_module(m, xb, learn.model)
         assert abs(std - 1) < 1e-2
+        if isinstance(m, nn.Linear): assert abs(mean) < 1e-2   # the head has a bias to shift
+
+def test_lsuv_shift_choice_and_dead_layer():
+    l = conv_layer(1, 4, bn=False, sub=0.4)
+    _lsuv_shift(l, l[0])(0.1)
+    assert_close(l[1].sub, 0.5)                                   # shifts the GeneralRelu
+    l = conv_layer(1, 4)
+    assert _lsuv_shift(l, l[0]) is None and _lsuv_shift(l[0], l[0]) is None   # no bias
+    lin = nn.Linear(2, 2)
+    b = lin.bias.detach().clone()
+    _lsuv_shift(lin, lin)(0.5)
+    assert_close(lin.bias, b - 0.5)
+    dead = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+    dead[0].weight.data.zero_()
+    dead[0].bias.data.fill_(-1.)
+    with pytest.raises(ValueError, match='dead'): lsuv_module(dead, torch.randn(2, 1, 8, 8), dead)
+
+def test_get_batch_restores_the_runner_and_find_modules_stops_at_a_match():
+    data = synthetic_data()
+    learn, run = get_learn_run(data, [4, 8], conv_layer, 0.3, cbs=CBFS)
+    xb, _ = get_batch(data.train_dl, run)
+    assert xb.shape == (64, 1, 28, 28) and xb.device.type == default_device().type
+    assert run.in_train is False and run.xb is None
+    assert find_modules(learn.model, lambda o: isinstance(o, nn.Sequential)) == [learn.model]
+
+def test_model_summary_keeps_mode_and_batchnorm_stats(capsys):
+    data = synthetic_data()
+    learn, run = get_learn_run(data, [4, 8], conv_layer, 0.1, cbs=CBFS)
+    bn = learn.model[0][2]
+    before = bn.running_mean.clone()
+    shapes = model_summary(run, learn, data)
+    assert learn.model.training and torch.equal(bn.running_mean, before.to(bn.running_mean.device))
+    assert shapes[-1] == (128, 10) and '->' in capsys.readouterr().out
 
 def test_lsuv_from_fresh_interpreter():
     code = '''
