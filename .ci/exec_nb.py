@@ -54,6 +54,8 @@ def main(argv):
         t0 = time.time()
         sh = CaptureShell(p.parent.resolve(), mpl_format='png')
         nb = read_nb(p)
+        for c in nb.cells:   # a cell that now prints nothing must not keep what an older run printed
+            if not should_skip(c, has_cuda): c.outputs, c.execution_count = [], None
         sh._fname = p
         try:
             cwd = os.getcwd(); os.chdir(p.parent)

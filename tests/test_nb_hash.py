@@ -29,10 +29,14 @@ def test_stale_names_notebooks_whose_code_changed(tmp_path):
 def test_exec_nb_records_the_hash_of_what_it_ran(tmp_path):
     nbs = tmp_path / 'nbs'
     nbs.mkdir()
-    nb = _nb(nbs / '01_a.ipynb', ['x = 6 * 7', 'x'])
+    nb = _nb(nbs / '01_a.ipynb', ['x = 6 * 7', 'x', 'y = 1'])
+    cells = json.loads(nb.read_text())
+    cells['cells'][3]['outputs'] = [dict(output_type='stream', name='stdout', text='an older run printed this')]
+    nb.write_text(json.dumps(cells))
     ci = Path(__file__).resolve().parents[1] / '.ci' / 'exec_nb.py'
     r = subprocess.run([sys.executable, str(ci), str(nb)], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert stale(nbs) == []
     out = json.loads(nb.read_text())['cells'][2]['outputs']
     assert out and '42' in json.dumps(out)
+    assert json.loads(nb.read_text())['cells'][3]['outputs'] == []                  # nothing stale is kept
