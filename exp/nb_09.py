@@ -8,7 +8,7 @@ __all__ = ['sgd_step', 'weight_decay', 'l2_reg', 'get_defaults', 'maybe_update',
 
 # %% ../nbs/09_optimizers.ipynb #d1705b40
 from .nb_08b import *
-reexport(globals(), 'exp.nb_08b')   # pass on every name from notebooks 00 to 08
+reexport(globals(), 'exp.nb_08b')
 
 # %% ../nbs/09_optimizers.ipynb #b37465eb
 def sgd_step(p, lr, **kwargs):
@@ -17,25 +17,25 @@ def sgd_step(p, lr, **kwargs):
     return p
 
 def weight_decay(p, lr, wd, **kwargs):
-    "Decoupled weight decay: shrink the weights, p <- p * (1 - lr*wd)."
+    "Decoupled weight decay: p <- p * (1 - lr*wd)."
     p.mul_(1 - lr*wd)
     return p
 weight_decay._defaults = dict(wd=0.)
 
 def l2_reg(p, lr, wd, **kwargs):
-    "L2 regularization: add the gradient of wd/2 * p**2 to the gradient (grad <- grad + wd*p)."
+    "L2 regularization: grad <- grad + wd*p, the gradient of wd/2 * p**2."
     p.grad.add_(p, alpha=wd)
     return p
 l2_reg._defaults = dict(wd=0.)
-l2_reg.before_stats = True   # it changes the gradient, so stats must see its result
+l2_reg.before_stats = True   # the stats must see the gradient it changes
 
 # %% ../nbs/09_optimizers.ipynb #bc4afd52
 def get_defaults(d):
-    "The default hyper-parameters `d` declares in its `_defaults` attribute ({} if none)."
+    "The default hyper-parameters of stepper or stat `d`."
     return getattr(d, '_defaults', {})
 
 def maybe_update(os, dest, f):
-    "For each `o` in `os`, copy the items of `f(o)` into `dest` unless `dest` already has that key."
+    "Copy the items of `f(o)`, for each `o` in `os`, into `dest` where it lacks the key."
     for o in os:
         for k, v in f(o).items():
             if k not in dest: dest[k] = v
@@ -46,14 +46,14 @@ def _all_params(param_groups):
     return [p for pg in param_groups for p in pg['params']]
 
 class Optimizer:
-    "Apply the `steppers` to every parameter with a gradient, given its group's hyper-parameters."
+    "Apply the `steppers` to every parameter with a gradient, with its group's hypers."
     def __init__(self, params, steppers, **defaults):
         self.steppers = listify(steppers)
-        maybe_update(self.steppers, defaults, get_defaults)             # the user's values win
+        maybe_update(self.steppers, defaults, get_defaults)   # the user's values win
         params = list(params)
         if not isinstance(params[0], dict): params = [{'params': params}]   # tensors: one group
         self.param_groups = [{**defaults, **pg, 'params': list(pg['params'])} for pg in params]
-        self.state = {}                                                 # per parameter
+        self.state = {}   # per parameter
 
     def zero_grad(self):
         "Forget the gradients."
@@ -61,7 +61,7 @@ class Optimizer:
 
     @torch.no_grad()
     def step(self):
-        "Update every parameter that has a gradient (a frozen one has none)."
+        "Update every parameter that has a gradient."
         for pg in self.param_groups:
             hypers = {k: v for k, v in pg.items() if k != 'params'}
             for p in pg['params']:
@@ -73,18 +73,18 @@ class Optimizer:
 
 # %% ../nbs/09_optimizers.ipynb #f29de3ad
 def sgd_opt(params, **hypers):
-    "Plain SGD with decoupled weight decay: an `Optimizer` with steppers [weight_decay, sgd_step]."
+    "Plain SGD with decoupled weight decay."
     return Optimizer(params, [weight_decay, sgd_step], **hypers)
 
 # %% ../nbs/09_optimizers.ipynb #38341b8e
 class Stat:
-    "A running statistic of each parameter: `init_state(p)` makes its state, `update` refreshes it."
+    "A running statistic of each parameter: `init_state` makes it, `update` refreshes it."
     _defaults = {}
     def init_state(self, p): return {}
     def update(self, p, state, **kwargs): return state
 
 class StatefulOptimizer(Optimizer):
-    "An Optimizer that keeps per-parameter state, updated by the `stats` before the steppers run."
+    "An Optimizer with per-parameter state, updated by the `stats` before the steppers."
     def __init__(self, params, steppers, stats=None, **defaults):
         self.stats = listify(stats)
         maybe_update(self.stats, defaults, get_defaults)
@@ -93,7 +93,7 @@ class StatefulOptimizer(Optimizer):
         self.post_steppers = [f for f in self.steppers if f not in self.pre_steppers]
 
     def step_param(self, p, hypers):
-        "Run the grad-changing steppers, update the stats, then the other steppers with the state."
+        "The grad-changing steppers, the stats, then the other steppers with the state."
         for f in self.pre_steppers: f(p, **hypers)
         state = self.state.setdefault(p, {})
         if not state: maybe_update(self.stats, state, lambda o: o.init_state(p))   # p's first step
@@ -103,7 +103,7 @@ class StatefulOptimizer(Optimizer):
 
 # %% ../nbs/09_optimizers.ipynb #8cb15b2a
 class AverageGrad(Stat):
-    "Moving average of the gradients, state['grad_avg']; an EMA (weights sum to 1) if `dampening`."
+    "Moving average of the gradients, state['grad_avg']; an EMA if `dampening`."
     _defaults = dict(mom=0.9)
     def __init__(self, dampening=False): self.dampening = dampening
     def init_state(self, p): return {'grad_avg': torch.zeros_like(p)}
@@ -118,16 +118,16 @@ def momentum_step(p, lr, grad_avg, **kwargs):
     return p
 
 def sgd_mom_opt(params, **hypers):
-    "SGD with momentum (torch-style, no dampening) and decoupled weight decay."
+    "SGD with momentum (torch's, no dampening) and decoupled weight decay."
     return StatefulOptimizer(params, [weight_decay, momentum_step], stats=AverageGrad(), **hypers)
 
 # %% ../nbs/09_optimizers.ipynb #c71c663e
 def lin_comb(v1, v2, beta):
-    "Linear interpolation beta*v1 + (1-beta)*v2 (the EMA update)."
+    "beta*v1 + (1-beta)*v2 (the EMA update)."
     return beta*v1 + (1-beta)*v2
 
 def debias(mom, damp, step):
-    "Sum of the weights an average with factor `mom` and dampening `damp` has after `step` steps."
+    "Sum of the weights of an average (`mom`, `damp`) after `step` steps."
     return damp * (1 - mom**step) / (1 - mom)
 
 # %% ../nbs/09_optimizers.ipynb #e05b66a9
@@ -142,7 +142,7 @@ class AverageSqrGrad(Stat):
         return state
 
 class StepCount(Stat):
-    "Number of steps taken for this parameter, in state['step']."
+    "Steps taken by this parameter, in state['step']."
     def init_state(self, p): return {'step': 0}
     def update(self, p, state, **kwargs):
         state['step'] += 1
@@ -150,24 +150,24 @@ class StepCount(Stat):
 
 # %% ../nbs/09_optimizers.ipynb #ebc287c4
 def adam_stats():
-    "Fresh stats for Adam-style steps: EMAs of the gradients and of their squares, the step count."
+    "Fresh stats for Adam: EMAs of the gradients and their squares, a step count."
     return [AverageGrad(dampening=True), AverageSqrGrad(), StepCount()]
 
 def adam_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg, eps, **kwargs):
-    "Adam update with both averages debiased: p <- p - lr * m_hat / (sqrt(v_hat) + eps)."
+    "Adam: p <- p - lr * m_hat / (sqrt(v_hat) + eps), with debiased averages."
     debias1, debias2 = debias(mom, mom_damp, step), debias(sqr_mom, sqr_damp, step)
     p.addcdiv_(grad_avg, (sqr_avg/debias2).sqrt() + eps, value=-lr/debias1)
     return p
 adam_step._defaults = dict(eps=1e-5)
 
 def adam_opt(xtra_step=None, **defaults):
-    "An opt_func for Adam with decoupled weight decay (AdamW), `xtra_step` after the Adam step."
+    "An opt_func for AdamW, `xtra_step` after the Adam step."
     steppers = [weight_decay, adam_step] + listify(xtra_step)
     return partial(StatefulOptimizer, steppers=steppers, stats=adam_stats(), **defaults)
 
 # %% ../nbs/09_optimizers.ipynb #c328e5c9
 def lamb_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg, eps, wd, **kwargs):
-    "LAMB: the Adam direction plus wd*p, times the trust ratio ||p||/||update|| (at most 10)."
+    "LAMB: the Adam direction plus wd*p, times the trust ratio ||p||/||update||."
     debias1, debias2 = debias(mom, mom_damp, step), debias(sqr_mom, sqr_damp, step)
     upd = (grad_avg/debias1) / ((sqr_avg/debias2).sqrt() + eps) + wd*p
     r1, r2 = p.pow(2).mean().sqrt(), upd.pow(2).mean().sqrt()   # RMS: the same ratio as norms
@@ -177,12 +177,12 @@ def lamb_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg, 
 lamb_step._defaults = dict(eps=1e-6, wd=0.)
 
 def lamb(params, **hypers):
-    "LAMB optimizer (You et al. 2019): a StatefulOptimizer with lamb_step and Adam's statistics."
+    "LAMB optimizer (You et al. 2019)."
     return StatefulOptimizer(params, lamb_step, stats=adam_stats(), **hypers)
 
 # %% ../nbs/09_optimizers.ipynb #11dc7e51
 def radam_step(p, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, sqr_avg, eps, **kwargs):
-    "RAdam: Adam's step times the rectification r_t once rho_t > 5, before that momentum SGD."
+    "RAdam: Adam's step times the rectification r_t once rho_t > 5, else momentum SGD."
     debias1, debias2 = debias(mom, mom_damp, step), debias(sqr_mom, sqr_damp, step)
     rho_inf = 2 / (1 - sqr_mom) - 1
     rho = rho_inf - 2 * step * sqr_mom**step / (1 - sqr_mom**step)
@@ -195,11 +195,11 @@ radam_step._defaults = dict(eps=1e-6)
 
 # %% ../nbs/09_optimizers.ipynb #c3326996
 class SlowWeights(Stat):
-    "Lookahead's slow copy of each parameter, in state['slow'], taken before its first step."
+    "Lookahead's slow copy of each parameter, in state['slow']."
     def init_state(self, p): return {'slow': p.detach().clone()}
 
 def lookahead_step(p, step, slow, k, alpha, **kwargs):
-    "Lookahead: every `k` steps move the slow weights `alpha` of the way to p, restart p from them."
+    "Every `k` steps move the slow weights `alpha` of the way to p, then p to them."
     if step % k == 0:
         slow.add_(p - slow, alpha=alpha)
         p.copy_(slow)
@@ -207,13 +207,13 @@ def lookahead_step(p, step, slow, k, alpha, **kwargs):
 lookahead_step._defaults = dict(k=6, alpha=0.5)
 
 def ranger(params, **hypers):
-    "Ranger: RAdam with decoupled weight decay inside Lookahead, as one StatefulOptimizer."
+    "Ranger: RAdam with decoupled weight decay inside Lookahead."
     steppers, stats = [weight_decay, radam_step, lookahead_step], adam_stats() + [SlowWeights()]
     return StatefulOptimizer(params, steppers, stats=stats, **hypers)
 
 # %% ../nbs/09_optimizers.ipynb #dd198fb5
 class Lookahead:
-    "Lookahead around a torch-style `opt`: every `k` steps slow += alpha*(fast-slow), fast = slow."
+    "Lookahead around a torch optimizer `opt`."
     def __init__(self, opt, k=6, alpha=0.5):
         self.opt, self.k, self.alpha, self.count, self.slow = opt, k, alpha, 0, None
 
@@ -223,7 +223,7 @@ class Lookahead:
 
     @torch.no_grad()
     def step(self):
-        "The inner optimizer's step; every `k`-th step also updates the slow and the fast weights."
+        "The inner step; every `k`-th step also the Lookahead update."
         ps = _all_params(self.param_groups)
         if self.slow is None: self.slow = [p.detach().clone() for p in ps]
         self.opt.step()
@@ -234,7 +234,7 @@ class Lookahead:
             lookahead_step(p, self.count, s, self.k, self.alpha)
 
     def state_dict(self):
-        "The inner optimizer's state_dict, the step count and the slow weights."
+        "The inner state_dict, the step count and the slow weights."
         return {'opt': self.opt.state_dict(), 'count': self.count, 'slow': self.slow}
 
     def load_state_dict(self, sd):
@@ -246,7 +246,7 @@ class Lookahead:
 
 # %% ../nbs/09_optimizers.ipynb #34a42707
 def _state_dict(self):
-    "torch.optim's checkpoint layout: group hypers with parameter indices, the state by index."
+    "torch.optim's layout: group hypers with parameter indices, the state by index."
     groups, n = [], 0
     for pg in self.param_groups:
         groups.append({**pg, 'params': list(range(n, n + len(pg['params'])))})
@@ -256,7 +256,7 @@ def _state_dict(self):
             'param_groups': groups}
 
 def _load_state_dict(self, sd):
-    "Restore what `state_dict` saved into this optimizer, on its parameters' devices."
+    "Restore what `state_dict` saved, on the parameters' devices."
     sizes = [len(pg['params']) for pg in self.param_groups]
     if [len(g['params']) for g in sd['param_groups']] != sizes:
         raise ValueError(f"the saved param groups do not have this optimizer's sizes {sizes}")

@@ -4,103 +4,86 @@
 __all__ = ['option', 'positive_error', 'non_negative_error', 'fraction_error', 'seed_error', 'device_error', 'same_path',
            'check_option', 'Options', 'flag_of', 'options_parser', 'saved_options', 'fields_of', 'options_from_saved',
            'given_options', 'resume_conflicts', 'cli_call', 'argparse', 'dataclass', 'field', 'fields', 'asdict',
-           'replace', 'MISSING']
+           'replace']
 
 # %% ../nbs/09a_run_options.ipynb #a6916745
 from .nb_09 import *
-reexport(globals(), 'exp.nb_09')   # pass on every name of the chapters before
+reexport(globals(), 'exp.nb_09')
 import argparse, copy, numbers
-from dataclasses import dataclass, field, fields, asdict, replace, MISSING
-_all_ = ['argparse', 'dataclass', 'field', 'fields', 'asdict', 'replace', 'MISSING']
+from operator import eq
+from dataclasses import dataclass, field, fields, asdict, replace
+_all_ = ['argparse', 'dataclass', 'field', 'fields', 'asdict', 'replace']
 
 # %% ../nbs/09a_run_options.ipynb #8ca75842
-def option(default, help, kind=None, check=None, choices=None, on_resume='fixed', flag=None,
-           same=None):
-    "A dataclass field for a run option: default, help, type, check, choices, --resume rule."
-    meta = dict(help=help, kind=kind or type(default), check=check, choices=choices,
-                on_resume=on_resume, flag=flag, same=same)
+def option(default, help, check=None, choices=None, on_resume='fixed', flag=None, same=None):
+    "A dataclass field for a run option: default, help, checks, --resume rule."
+    meta = dict(help=help, check=check, choices=choices, on_resume=on_resume, flag=flag, same=same)
     return field(default=default, metadata=meta)
 
 def positive_error(v):
-    "A check: what is wrong with `v` unless it is > 0, else None."
+    "A check: None if `v` > 0, else what is wrong."
     return None if v > 0 else 'must be > 0'
 
 def non_negative_error(v):
-    "A check: what is wrong with `v` unless it is >= 0, else None."
+    "A check: None if `v` >= 0, else what is wrong."
     return None if v >= 0 else 'must be >= 0'
 
 def fraction_error(v):
-    "A check: what is wrong with `v` unless it is in [0, 1], else None."
+    "A check: None if `v` is in [0, 1], else what is wrong."
     return None if 0 <= v <= 1 else 'must be in [0, 1]'
 
 def seed_error(v):
-    "A check: what is wrong with random seed `v` (NumPy takes ints in [0, 2**32)), else None."
+    "A check: None if NumPy takes `v` as a seed, else what is wrong."
     return None if 0 <= v < 2**32 else 'must be in [0, 2**32)'
 
 def device_error(device):
-    "A check: why `device` cannot be used here, else None ('auto' and 'cpu' always can)."
+    "A check: None if `device` can be used here, else why not."
     if device == 'auto': return None
     try: d = torch.device(device)
     except (RuntimeError, TypeError): return "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-    if d.type == 'cuda' and not torch.cuda.is_available():
-        return 'torch sees no CUDA GPU here: choose auto or cpu'
-    mps = getattr(torch.backends, 'mps', None)
-    if d.type == 'mps' and not (mps and mps.is_available()):
-        return 'mps is not available here: choose auto or cpu'
+    here = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
+    if not here.get(d.type, True): return f'torch sees no {d.type} device here: choose auto or cpu'
 
 def same_path(a, b):
-    "True when paths `a` and `b` name the same place (a typed relative one, a saved absolute one)."
-    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+    "True when paths `a` and `b` name the same place."
+    return None not in (a, b) and Path(a).resolve() == Path(b).resolve()
 
 # %% ../nbs/09a_run_options.ipynb #4b309406
-def _kind_name(kind):
-    "How an option's type reads in an error: 'an int', 'a number', 'a path', ..."
-    names = {int: 'an int', float: 'a number', bool: 'True or False', str: 'a string',
-             Path: 'a path'}
-    return names.get(kind, kind.__name__)
+_NAMES = {int: 'an int', float: 'a number', bool: 'True or False', str: 'a string', Path: 'a path'}
 
-def _coerce(f, v):
-    "Value `v` of option field `f` in its type (a path from a string, a float from an int)."
-    kind, is_bool = f.metadata['kind'], isinstance(v, bool)
-    if v is None and f.default is None: return v
-    if kind is Path and isinstance(v, (str, os.PathLike)): v = Path(v)
-    elif kind is float and isinstance(v, numbers.Real) and not is_bool: v = float(v)
-    elif kind is int and isinstance(v, numbers.Integral) and not is_bool: v = int(v)
-    if not isinstance(v, kind) or (is_bool and kind is not bool):
-        none = ' or None' if f.default is None else ''
-        raise ArgError(f.name, v, f"must be {_kind_name(kind)}{none}")
-    return v
+_TAKES = {Path: (str, os.PathLike), float: numbers.Real, int: numbers.Integral}
 
 def check_option(f, v):
-    "Value `v` of option field `f`, typed and checked (type, choices, check); ArgError names `f`."
-    v, m = _coerce(f, v), f.metadata
-    if v is None: return v
-    if m['choices'] is not None and v not in m['choices']:
+    "Value `v` of option field `f` in its type, checked; ArgError names `f`."
+    if v is None and f.default is None: return v
+    if isinstance(v, bool) != (f.type is bool) or not isinstance(v, _TAKES.get(f.type, f.type)):
+        none = ' or None' if f.default is None else ''
+        raise ArgError(f.name, v, f"must be {_NAMES[f.type]}{none}")
+    v, m = f.type(v), f.metadata   # a Path from a str, a float from an int
+    if m['choices'] and v not in m['choices']:
         raise ArgError(f.name, v, f"must be one of {', '.join(map(str, m['choices']))}")
-    why = m['check'](v) if m['check'] else None
-    if why: raise ArgError(f.name, v, why)
+    if m['check'] and (why := m['check'](v)): raise ArgError(f.name, v, why)
     return v
 
 class Options:
-    "Base of an options dataclass: every field is typed and checked on creation, before any work."
+    "Base of an options dataclass: every field is typed and checked on creation."
     def __post_init__(self):
         for f in fields(self): setattr(self, f.name, check_option(f, getattr(self, f.name)))
 
 # %% ../nbs/09a_run_options.ipynb #f45d26e0
 def flag_of(f):
-    "The command-line flag of option field `f`: its own `flag`, else --name with dashes."
+    "The command-line flag of option field `f`."
     return f.metadata['flag'] or '--' + f.name.replace('_', '-')
 
 def _cli_type(f):
-    "An argparse type for option field `f`: the text parsed as its type, then the field's check."
-    kind = f.metadata['kind']
+    "An argparse type for option field `f`: its type, then its check."
     def parse(s):
-        try: v = kind(s)
-        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not {_kind_name(kind)}")
-        why = f.metadata['check'](v) if f.metadata['check'] else None
-        if why: raise argparse.ArgumentTypeError(f"{why}, got {s}")
+        try: v = f.type(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not {_NAMES[f.type]}")
+        if (check := f.metadata['check']) and (why := check(v)):
+            raise argparse.ArgumentTypeError(f"{why}, got {s}")
         return v
-    parse.__name__ = kind.__name__
+    parse.__name__ = f.type.__name__
     return parse
 
 def options_parser(cls, **kwargs):
@@ -108,7 +91,7 @@ def options_parser(cls, **kwargs):
     p = argparse.ArgumentParser(**kwargs)
     for f in fields(cls):
         m = f.metadata
-        if m['kind'] is bool:   # a switch: --x turns a False default on, --no-x a True default off
+        if f.type is bool:   # a switch that flips the default
             act = 'store_false' if f.default else 'store_true'
             p.add_argument(flag_of(f), dest=f.name, action=act, help=m['help'])
             continue
@@ -120,39 +103,38 @@ def options_parser(cls, **kwargs):
 
 # %% ../nbs/09a_run_options.ipynb #4c7c281b
 def saved_options(o):
-    "The options of `o` that define its run (on_resume='fixed'), as JSON: config.json's 'args'."
+    "The options that define run `o` (on_resume='fixed'), as JSON."
     return {f.name: (str(v) if isinstance(v := getattr(o, f.name), Path) else v)
             for f in fields(o) if f.metadata['on_resume'] == 'fixed'}
 
 def fields_of(cls):
-    "The dataclass fields of `cls` by name."
+    "The fields of dataclass `cls` by name."
     return {f.name: f for f in fields(cls)}
 
 def options_from_saved(cls, saved, **free):
-    "Options of `cls` from config.json's 'args' (`saved`), with the `free` options given."
+    "Options of `cls` from the `saved` ones, with the `free` options given."
     bad = [k for k in free if fields_of(cls)[k].metadata['on_resume'] != 'free']
     if bad: raise ArgError(bad[0], free[bad[0]], 'cannot change when a run resumes')
     return cls(**saved, **free)
 
 def given_options(parser, argv):
-    "The options actually typed in `argv` (dest -> value): `argv` parsed again without defaults."
+    "The options typed in `argv` (dest -> value)."
     q = copy.deepcopy(parser)
     for act in q._actions: act.default = argparse.SUPPRESS
     return vars(q.parse_args(argv))
 
 def resume_conflicts(cls, given, saved):
-    "(name, typed, saved) of each typed option a resumed run refuses ('no', or 'fixed' and other)."
+    "(name, typed, saved) of each typed option a resumed run refuses."
     bad, fs = [], fields_of(cls)
     for k, v in given.items():
-        if k not in fs or fs[k].metadata['on_resume'] == 'free': continue
-        same = fs[k].metadata['same'] or (lambda a, b: a == b)
-        if fs[k].metadata['on_resume'] == 'no' or not same(v, saved.get(k)):
-            bad.append((k, v, saved.get(k)))
+        m = fs[k].metadata if k in fs else dict(on_resume='free')
+        same = m['on_resume'] == 'fixed' and (m['same'] or eq)(v, saved.get(k))
+        if m['on_resume'] != 'free' and not same: bad.append((k, v, saved.get(k)))
     return bad
 
 # %% ../nbs/09a_run_options.ipynb #237c628f
 def cli_call(parser, f, flags=None):
-    "Run `f()` for a command-line tool: a typed error becomes one line (exit 2 for a bad option)."
+    "Run `f()` for a command-line tool: a typed error is one line."
     flags, prog = flags or {}, parser.prog
     fail = lambda msg: parser.exit(1, f"{prog}: error: {msg}\n")
     try: return f()
@@ -167,10 +149,9 @@ def cli_call(parser, f, flags=None):
              f"Lower {flags.get('lr', 'the learning rate')} (or check the images)")
     except BadImagesError as e: fail(e.describe(flags.get('skip_bad', 'skip_bad=True')))
     except UnreadableImageError as e:
-        if e.path is None: fail(e)   # raised again by a DataLoader worker: its text
-        fail(f"cannot read the image file {e.path} ({e.reason}). Delete it, or replace it with a "
-             f"readable copy of the image, then run {prog} again.")
-    except OSError as e:   # an OSError with an `.arg` (05a's cannot_create) is a bad option
+        if e.path is None: fail(e)   # raised again by a DataLoader worker
+        fail(f"cannot read the image file {e.path} ({e.reason}). Delete it, or replace it.")
+    except OSError as e:   # with an `.arg` (05a's cannot_create): a bad option
         arg = getattr(e, 'arg', None)
         if arg in flags: parser.error(f"argument {flags[arg]}: {e.strerror or e}")
         if e.errno not in WRITE_ERRNOS: raise

@@ -383,7 +383,7 @@ def test_keyboard_interrupt_during_train_leaves_no_partial_file(tiny, tmp_path, 
     (dict(act='gelu'), ArgError, "act='gelu': must be one of relu, mish"),
     (dict(schedule='cyclic'), ArgError, "schedule='cyclic': must be one of auto, flat-cos, step"),
     (dict(crop='zoom'), ArgError, "crop='zoom': must be one of auto, square, whole"),
-    (dict(crop='whole', pipeline='per-item'), ArgError, "crop='whole': chooses where the fast pipeline's random crops"),
+    (dict(crop='whole', pipeline='per-item'), ArgError, "crop='whole': applies to the fast pipeline, not per-item"),
     (dict(tricks='mixup,dropout'), ArgError, "unknown trick(s) 'dropout'"),
     (dict(arch='vgg16'), ArgError, "arch='vgg16': must be one of draft-cnn"),
     (dict(device='tpu'), ArgError, "device='tpu': must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
@@ -409,8 +409,8 @@ def _checkpoint(kind, info, good):
     if kind == 'truncated': return good[:len(good) // 2]
 
 
-INCOMPATIBLE = {'missing': 'not found', 'other_arch': 'does not fit its own description', 'other_class_count': '(2, 256) in the checkpoint vs (3, 256)',
-                'bare_state_dict': 'is a bare state_dict', 'truncated': 'truncated, damaged or not a torch file'}
+INCOMPATIBLE = {'missing': 'not found', 'other_arch': 'does not fit its own arch and vocab', 'other_class_count': '(2, 256) in the checkpoint vs (3, 256)',
+                'bare_state_dict': 'is not a model.pt of format', 'truncated': 'truncated, damaged or not a torch file'}
 
 
 @pytest.mark.parametrize('kind', list(INCOMPATIBLE))
@@ -569,10 +569,21 @@ def test_failure_after_a_finished_epoch_is_resumable(exc, tiny, tmp_path, capsys
     out = tmp_path / 'run'
     with pytest.raises(exc) as e: train(tiny, out=out, cbs=[Raiser(exc, 'after_pred', epoch=1, it=0)], **{**TRAIN_KW, 'epochs': 2})
     hint = f"the run folder {out} keeps checkpoint.pt (1 finished epoch(s)): resume the run from it"
-    assert hint in ' '.join(e.value.__notes__) and hint in capsys.readouterr().err
+    how = f"continue with resume_train('{out}') (from a shell: exp-train --resume {out})"   # names the command
+    notes, err = ' '.join(e.value.__notes__), capsys.readouterr().err
+    assert hint in notes and hint in err and how in notes and how in err
     assert (out / 'checkpoint.pt').is_file() and not (out / 'model.pt').exists()
     assert nb10a.resume_train(out, device='cpu', workers=0, progress=False) == out
     assert [r['epoch'] for r in json.loads((out / 'metrics.json').read_text())] == [1, 2]
+
+
+def test_cli_user_is_told_the_resume_command(tiny, tmp_path, capsys, monkeypatch):
+    "exp-train stopped by Ctrl-C after a finished epoch: exit 130, and stderr names the command that continues the run."
+    out, train0 = tmp_path / 'run', nb10a.train
+    monkeypatch.setattr(nb10a, 'train', lambda **kw: train0(cbs=[Raiser(KeyboardInterrupt, 'after_pred', epoch=1, it=0)], **kw))
+    with pytest.raises(SystemExit) as e: nb10a.train_cli(['--data', str(tiny), '--out', str(out), *CLI_ARGS, '--epochs', '2'])
+    assert e.value.code == 130 and f"exp-train --resume {out}" in capsys.readouterr().err
+    assert nb10a.train_cli(['--resume', str(out), '--no-progress']) is None and (out / 'model.pt').is_file()
 
 
 def _stopped_after_epoch_1(tiny, out, epochs=3):

@@ -212,7 +212,7 @@ def _cli_error(capsys, argv):
     (['--crop', 'zoom'], 'argument --crop: invalid choice'),
     (['--seed', '-1'], 'argument --seed: must be in [0, 2**32), got -1'),
     (['--stats', 'imagenet'], 'argument --stats: invalid choice'),
-    (['--pipeline', 'per-item', '--crop', 'whole'], "argument --crop: chooses where the fast pipeline's random crops come from; the per-item pipeline has none (got whole)"),
+    (['--pipeline', 'per-item', '--crop', 'whole'], 'argument --crop: applies to the fast pipeline, not per-item (got whole)'),
 ])
 def test_bad_args(args, msg, folder, capsys):
     err = _cli_error(capsys, args if args[0] == '--data' else ['--data', folder, *args])
@@ -314,7 +314,7 @@ def test_resume_trains_the_recorded_recipe(folder, tmp_path, capsys):
     assert len(new_lrs.lrs) == len(edited_lrs.lrs) == 3 and max(new_lrs.lrs) > 0           # epoch 2: 24 images / 8
     np.testing.assert_allclose(edited_lrs.lrs, np.array(new_lrs.lrs) * 256 / 8, rtol=1e-6)   # 0.2 as recorded
     (other / 'config.json').write_text(json.dumps({**cfg, 'format': FORMAT + 1}))
-    with pytest.warns(UserWarning, match='differs from the config saved'): err = _cli_error(capsys, ['--resume', other])
+    with pytest.warns(UserWarning, match="differs from checkpoint.pt's config"): err = _cli_error(capsys, ['--resume', other])
     assert f'argument --resume: its config.json is format {FORMAT + 1}, this exp reads format {FORMAT}' in err
     assert len(err.strip().splitlines()[-1]) > 0 and 'Traceback' not in err
 
