@@ -9,11 +9,11 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'synth_learner', 'env_int', '
 
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
 from .nb_05 import *
-reexport(globals(), 'exp.nb_05')   # pass on every name of the chapters before
+reexport(globals(), 'exp.nb_05')
 import contextlib, io, csv, random
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-_all_ = ['dist', 'DDP']   # exported too
+_all_ = ['dist', 'DDP']
 
 # %% ../nbs/05a_checkpoints.ipynb #73d875a4
 def synth_learner(n=96, bs=32, seed=0):
@@ -295,8 +295,8 @@ def markdown_table(rows, cols):
     return '\n'.join(lines + [line(fmt(r.get(c, '')) for c in cols) for r in rows])
 
 # %% ../nbs/05a_checkpoints.ipynb #c6321ca8
-def resume_config(run_dir):
-    "The config and checkpoint path of the stopped run in `run_dir`."
+def resume_config(run_dir, check=None):
+    "The config and checkpoint path of the stopped run in `run_dir`; `check(config)` runs first."
     run_dir = Path(run_dir)
     bad = lambda why: ArgError('run_dir', str(run_dir), why)
     if not run_dir.is_dir(): raise bad("no such folder")
@@ -305,6 +305,7 @@ def resume_config(run_dir):
     try: cfg = json.loads(cfg_path.read_text())
     except ValueError as e: raise bad(f"its config.json is not valid JSON ({e})") from e
     if not isinstance(cfg, dict): raise bad("its config.json must hold a JSON object")
+    if check is not None: check(cfg)
     if not ck_path.is_file():
         ip = interrupted_path(ck_path)
         hint = (f"only {ip.name} (mid-epoch, on Ctrl-C): resume from it explicitly" if ip.is_file()

@@ -96,26 +96,30 @@ class DistributedCallback(Callback):
         self.env, self.device, self.own_group = init_distributed(self.backend)
         self.distributed = self.env.world_size > 1
         self.saved = (learn.model, data.train_dl, data.valid_dl, run.logger)
-        data.train_dl = self.shard_train(data.train_dl)
+        data.train_dl, data.valid_dl = self.shard(data.train_dl, data.valid_dl)
         if not self.distributed: return
         if not is_main_process(): run.logger = lambda *a, **k: None
-        shard = ShardSampler(len(data.valid_ds), self.env.rank, self.env.world_size)
-        data.valid_dl = _rebuild_dl(data.valid_dl, shard, data.valid_dl.batch_size)
         self.module = learn.model
         if self.sync_bn: self.swaps = convert_sync_bn(self.module)
         self.module.to(self.device)
 
-    def shard_train(self, dl):
-        "`dl` on a DistributedSampler: rank r reads items r, r+world, ..."
-        world, bs = self.env.world_size, dl.batch_size
-        if self.split_batch:
-            if bs % world: raise ValueError(f"split_batch: bs={bs} does not split in {world}")
-            bs //= world
+    def split(self, bs):
+        "This rank's batch size: `bs`, or its share with `split_batch`."
+        world = self.env.world_size if self.split_batch else 1
+        if bs % world: raise ValueError(f"split_batch: bs={bs} does not split in {world}")
+        return bs // world
+
+    def shard(self, train_dl, valid_dl):
+        "This rank's loaders: training through a DistributedSampler, a shard of valid."
+        world, rank = self.env.world_size, self.env.rank
         seed = self.seed if self.seed is not None else torch.initial_seed() % 2**62
         seed = broadcast_object(seed)   # rank 0's: all ranks shuffle alike
-        shuffle = isinstance(dl.sampler, RandomSampler)
-        self.sampler = DistributedSampler(dl.dataset, world, self.env.rank, shuffle, seed)
-        return _rebuild_dl(dl, self.sampler, bs)
+        shuffle = isinstance(train_dl.sampler, RandomSampler)
+        self.sampler = DistributedSampler(train_dl.dataset, world, rank, shuffle, seed)
+        train_dl = _rebuild_dl(train_dl, self.sampler, self.split(train_dl.batch_size))
+        if not self.distributed: return train_dl, valid_dl
+        shard = ShardSampler(len(valid_dl.dataset), rank, world)
+        return train_dl, _rebuild_dl(valid_dl, shard, valid_dl.batch_size)
 
     def begin_epoch(self):
         if self.sampler is not None: self.sampler.set_epoch(self.run.epoch)

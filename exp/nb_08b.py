@@ -8,7 +8,7 @@ __all__ = ['CACHE_MAGIC', 'BadImagesError', 'verify_images', 'cache_meta', 'writ
 # %% ../nbs/08b_big_folders.ipynb #e1fe5a46
 from .nb_08a import *
 from .nb_08a import _decode
-reexport(globals(), 'exp.nb_08a')   # pass on every name of the chapters before
+reexport(globals(), 'exp.nb_08a')
 import mmap, struct
 
 # %% ../nbs/08b_big_folders.ipynb #d91e3817
@@ -101,7 +101,7 @@ class MappedImages:
         if self.read >= self.release_every: self.release()
 
 def mapped_images(files, size, cache_file, num_workers=None, geometry='square', progress=None):
-    "(`MappedImages` of `files` in `cache_file`, bad (path, reason) pairs); built if stale."
+    "(`MappedImages` of `files` in `cache_file`, bad (path, reason) pairs)."
     files, cache_file = [str(f) for f in files], Path(cache_file)
     fp, shape = source_fingerprint(files, size, geometry), [len(files), 3, size, size]
     try: cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -115,26 +115,14 @@ def mapped_images(files, size, cache_file, num_workers=None, geometry='square', 
 
 # %% ../nbs/08b_big_folders.ipynb #18a79c90
 class DistributedCallback(DistributedCallback):
-    "06a's data-parallel callback, also for `TensorBatchLoader`s: one shard per process."
-    def begin_fit(self):
-        run, learn, data = self.run, self.run.learn, self.run.learn.data
-        tdl = data.train_dl
-        if not isinstance(tdl, TensorBatchLoader): return super().begin_fit()
-        self.env, self.device, self.own_group = init_distributed(self.backend)
-        self.distributed, (rank, world) = self.env.world_size > 1, self.env[:2]
-        self.saved = (learn.model, tdl, data.valid_dl, run.logger)
-        if self.split_batch and tdl.bs % world:
-            raise ValueError(f"split_batch: bs={tdl.bs} does not split in {world}")
-        bs = tdl.bs // world if self.split_batch else None
-        tdl.gen.set_state(broadcast_object(tdl.gen.get_state()))
-        data.train_dl = tdl.shard(rank, world, bs)
-        data.valid_dl = data.valid_dl.shard(rank, world, bs and 2 * bs)
+    "06a's callback, also for `TensorBatchLoader`s."
+    def shard(self, train_dl, valid_dl):
+        if not isinstance(train_dl, TensorBatchLoader): return super().shard(train_dl, valid_dl)
+        rank, world = self.env[:2]
+        bs = self.split(train_dl.bs) if self.split_batch else None
+        train_dl.gen.set_state(broadcast_object(train_dl.gen.get_state()))
         self.sampler = None   # every process draws the same order
-        if not self.distributed: return
-        if not is_main_process(): run.logger = lambda *a, **k: None
-        self.module = learn.model
-        if self.sync_bn: self.swaps = convert_sync_bn(self.module)
-        self.module.to(self.device)
+        return train_dl.shard(rank, world, bs), valid_dl.shard(rank, world, bs and 2 * bs)
 
 # %% ../nbs/08b_big_folders.ipynb #a08f8b92
 def _tsv(pairs):
@@ -154,7 +142,7 @@ def _fits_in_ram(x):
     except (ValueError, OSError, AttributeError): return False
 
 def _place(images, device, in_memory):
-    "The cache: on the GPU in half its free memory, else copied to RAM if `in_memory`, else mapped."
+    "The cache on the GPU if it fits, else in RAM if `in_memory`, else mapped."
     x = images.x
     if device.type == 'cuda' and x.numel() < 0.5 * torch.cuda.mem_get_info(device)[0]:
         return x.to(device)
@@ -162,7 +150,7 @@ def _place(images, device, in_memory):
 
 def mapped_databunch(sd, size, bs, device=None, stats=None, cache_dir=None, num_workers=None,
                      seed=None, crop='square', skip_bad=False, in_memory=False, progress=None):
-    "DataBunch of `TensorBatchLoader`s over labelled SplitData `sd`, on memory-mapped caches."
+    "DataBunch of `TensorBatchLoader`s over labelled SplitData `sd`."
     device = default_device() if device is None else torch.device(device)
     plan = [('train', sd.train, crop, train_cache_size(size, crop)),
             ('valid', sd.valid, 'square', round(VAL_ZOOM * size))]
@@ -223,7 +211,7 @@ def _layout_problem(path):
                         f"in {path/'train'}: every validation class needs training images")
 
 def check_image_folder(path):
-    "`path` as a Path; an ImageFolderError unless it holds train/ and val/ class folders."
+    "`path` as a Path; ImageFolderError unless it holds train/ and val/ class folders."
     path = Path(path)
     problem = _layout_problem(path)
     if problem: raise ImageFolderError(problem)

@@ -153,7 +153,7 @@ def _fit(data, o, plan, resume, cbs, teacher):
     return out
 
 def _settle(out, e, created):
-    "Settle the folder of a failed run; say how to resume it if it can be."
+    "Settle a failed run's folder; say how to resume it."
     if 'resume the run' in settle_failed_run(out, e, created=created):
         how = f"continue with resume_train('{out}') (from a shell: exp-train --resume {out})"
         e.add_note(how)
@@ -193,12 +193,14 @@ def train(data=None, cbs=None, **options):
     o = TrainOptions(**options) if data is None else TrainOptions(data=data, **options)
     return _run(o, resolve(o), cbs)
 
-def resumed_options(run_dir, **free):
-    "The options (with `free` ones), checkpoint and config of stopped run `run_dir`."
-    config, ck_path = resume_config(run_dir)
+def _check_format(run_dir, config):
     if (fmt := config.get('format')) != FORMAT:
         raise ArgError('run_dir', str(run_dir), f"its config.json is format {fmt}, this exp reads "
                        f"format {FORMAT}: start a new run")
+
+def resumed_options(run_dir, **free):
+    "Options (with `free` ones), checkpoint and config of the stopped run `run_dir`."
+    config, ck_path = resume_config(run_dir, check=partial(_check_format, run_dir))
     o = options_from_saved(TrainOptions, config['args'], **free)
     if not o.data.is_dir():
         where = Path(run_dir) / 'config.json'
@@ -207,7 +209,7 @@ def resumed_options(run_dir, **free):
     return replace(o, out=Path(run_dir)), ck_path, config
 
 def resume_train(run_dir, cbs=None, **free):
-    "Continue the stopped run `run_dir`; `free`: device, workers, progress, ..."
+    "Continue the stopped run `run_dir` (`free`: options it may change)."
     o, ck_path, config = resumed_options(run_dir, **free)
     stats = (config['stats']['mean'], config['stats']['std'])
     plan = replace(resolve(o), recipe=TrickConfig(**config['recipe']), stats=stats)
@@ -215,7 +217,7 @@ def resume_train(run_dir, cbs=None, **free):
 
 # %% ../nbs/10a_train.ipynb #72d1da61
 def load_run(run_dir, device='cpu'):
-    "The model of a run folder's model.pt (or of the file), in eval mode, and the file's dict."
+    "The model (in eval mode) and dict of a run folder's model.pt."
     p = Path(run_dir)
     if not (p.is_file() or p.suffix == '.pt'): p = p / 'model.pt'
     bad = lambda why: ArgError('run_dir', str(p), f"{why}: pass a run folder that `train` wrote")
@@ -226,9 +228,8 @@ def load_run(run_dir, device='cpu'):
     if not isinstance(info, dict) or info.get('format') != FORMAT:
         raise bad(f"is not a model.pt of format {FORMAT} (a bare state_dict, another version's)")
     model = make_model(info['arch'], 3, len(info['vocab']), bcd=info['bcd'], act=info['act'])
-    why = "does not fit its own arch and vocab: pass a run folder that `train` wrote"
-    try: check_state_fits(info['state_dict'], model.state_dict(), why)
-    except ValueError as e: raise ArgError('run_dir', str(p), str(e)) from e
+    try: check_state_fits(info['state_dict'], model.state_dict(), "its weights do not fit")
+    except ValueError as e: raise bad(str(e)) from e
     model.load_state_dict(info['state_dict'])
     return model.to(device).eval(), info
 
@@ -283,7 +284,7 @@ def _train_parser():
     return p
 
 def _resume_cli(p, run_dir, given):
-    "exp-train --resume: refuse options that contradict the stopped run, then continue it."
+    "exp-train --resume: refuse options that contradict the run, then continue it."
     fs = fields_of(TrainOptions)
     free = {k: v for k, v in given.items() if k in fs and fs[k].metadata['on_resume'] == 'free'}
     bad = resume_conflicts(TrainOptions, given, resumed_options(run_dir, **free)[2]['args'])

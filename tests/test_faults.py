@@ -409,7 +409,7 @@ def _checkpoint(kind, info, good):
     if kind == 'truncated': return good[:len(good) // 2]
 
 
-INCOMPATIBLE = {'missing': 'not found', 'other_arch': 'does not fit its own arch and vocab', 'other_class_count': '(2, 256) in the checkpoint vs (3, 256)',
+INCOMPATIBLE = {'missing': 'not found', 'other_arch': 'its weights do not fit', 'other_class_count': '(2, 256) in the checkpoint vs (3, 256)',
                 'bare_state_dict': 'is not a model.pt of format', 'truncated': 'truncated, damaged or not a torch file'}
 
 
