@@ -6,6 +6,7 @@ CPU and need no data files.
 import math, pickle, tempfile
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -326,3 +327,101 @@ def test_text_logger_file():
         lines = fn.read_text().splitlines()
     assert len(lines) == 4 and lines[0].split()[:2] == ['epoch', 'train_loss'] and lines[3].split()[0] == '2'
     assert run.logger is print
+
+
+# ------------------------------------------------------------------------ moved from notebooks
+# Edge cases and regressions of notebooks 04 and 05 that are not their lesson.
+def test_camel2snake_and_listify_edge_cases():
+    assert camel2snake('HTTPServer2Go') == 'http_server2_go'
+    assert camel2snake('recorder') == 'recorder'
+    assert listify(range(3)) == [0, 1, 2]
+    l = [1, 2]
+    assert listify(l) is not l and listify(l) == l          # a copy
+
+
+def test_callback_attribute_fallthrough_and_default_name():
+    cb = Callback()
+    assert cb.name == 'callback'
+    with pytest.raises(AttributeError, match='no_such_attr'): cb.no_such_attr    # no runner yet
+    cb.set_runner(SimpleNamespace(epoch=3))
+    assert cb.epoch == 3
+    with pytest.raises(AttributeError, match='no_such_attr'): cb.no_such_attr
+
+
+def test_callback_host_caches_handlers_and_refuses_bad_names():
+    class Tally(Callback):
+        order = 1
+        def __init__(self): self.n = 0
+        def begin_fit(self): self.n += 1
+    host = nb04.CallbackHost([Tally(), nb04.TrainEvalCallback()])
+    assert host.handlers('after_batch') is host.handlers('after_batch')          # cached...
+    host('begin_fit')
+    host.add_cbs(Tally())                                                        # ...and rebuilt
+    host('begin_fit')
+    assert [cb.n for cb in host.cbs if isinstance(cb, Tally)] == [2, 1]
+    class AddCbsCallback(Callback): pass
+    with pytest.raises(ValueError, match="'add_cbs' would hide"): host.add_cbs(AddCbsCallback())
+    class LossCallback(Callback): pass
+    with pytest.raises(ValueError, match="'loss' would hide"): Runner(cbs=[LossCallback()])
+    class Fastai(Callback): _order = 10
+    with pytest.raises(ValueError, match='`_order`'): Runner(cbs=[Fastai()])
+
+
+def test_progress_counters_and_metric_names():
+    run = Runner(cbs=[AvgStatsCallback(accuracy)])
+    run.logger = lambda *a: None
+    run.fit(3, tiny_learner())
+    assert (run.n_iter, run.n_epochs) == (9, 3.0)
+    assert (run.avg_stats.train_stats.count, run.avg_stats.valid_stats.count) == (12, 16)
+    assert nb04.metric_name(partial(accuracy)) == 'accuracy'
+    assert AvgStats([partial(accuracy)], True).names == ['loss', 'accuracy']
+
+
+def test_annealer_keeps_name_and_makes_schedules():
+    assert sched_cos.__name__ == 'sched_cos'
+    @nb05.annealer
+    def sched_sq(start, end, pos): return start + pos ** 2 * (end - start)
+    assert [sched_sq(1, 3)(p) for p in (0, 0.5, 1)] == [1, 1.5, 3]
+    three = [sched_no(1, 1), sched_no(9, 9), sched_no(3, 3)]
+    assert combine_scheds([0.5, 0., 0.5], three)(0.5) == 3      # empty middle phase
+
+
+def test_param_scheduler_two_hypers_and_exp_per_group():
+    learn = tiny_learner()
+    m = learn.model
+    groups = [{'params': [m.weight]}, {'params': [m.bias], 'lr': 0.3}]
+    learn.opt = optim.SGD(groups, lr=0.1, momentum=0.9)
+    run = Runner(cbs=[Recorder(), ParamScheduler('lr', [sched_lin(0.1, 0.2), sched_exp(1., 0.01)]),
+                      ParamScheduler('momentum', sched_cos(0.95, 0.85))])
+    run.fit(2, learn)
+    assert close(run.recorder.lrs[1], [0.01 ** (i / 6) for i in range(6)])
+    assert abs(learn.opt.param_groups[0]['momentum'] - sched_cos(0.95, 0.85)(5 / 6)) < 1e-9
+
+
+def test_nan_guard_reports_first_value_and_is_installed_first():
+    r = SimpleNamespace(epoch=2, iter=7, in_train=False, loss=torch.tensor([-math.inf, 1.]))
+    cb = TerminateOnNaNCallback()
+    cb.set_runner(r)
+    assert (cb.name, cb.order) == ('terminate_on_nan', -10)
+    with pytest.raises(TrainingDiverged, match=r'loss is -inf at epoch 2, batch 7 \(validation'):
+        cb.after_loss()
+    names = [type(cb).__name__ for cb in Runner().cbs]
+    assert names == ['TrainEvalCallback', 'TerminateOnNaNCallback']
+    assert [type(cb).__name__ for cb in Runner(nan_check=False).cbs] == ['TrainEvalCallback']
+
+
+def test_cancelled_batch_drops_its_gradient():
+    "A batch cancelled after its backward pass: the weights are SGD's on the other batches."
+    class KeepBatches(Callback):
+        def begin_fit(self): self.seen = []
+        def begin_batch(self):
+            if self.in_train: self.seen.append((self.xb, self.yb))
+    learn, keep = tiny_learner(), KeepBatches()
+    Runner(cbs=[keep, Raiser(CancelBatchException, 'after_backward', epoch=0, it=1)]).fit(1, learn)
+    ref = tiny_learner()
+    for xb, yb in (keep.seen[0], keep.seen[2]):
+        F.cross_entropy(ref.model(xb), yb).backward()
+        ref.opt.step()
+        ref.opt.zero_grad()
+    for a, b in zip(weights(learn.model), weights(ref.model)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
