@@ -260,3 +260,76 @@ def test_lr_find(name):
     assert 2 < len(lrs) <= 30 and all(b > a for a, b in zip(lrs, lrs[1:]))
     assert learn.opt.param_groups[0]['lr'] == 1e-3                       # LR_Find restores the optimizer ...
     assert all(torch.equal(a, b) for a, b in zip(start, m.parameters()))  # ... and the model
+
+# ---------------------------------------------------------------- edge cases moved from notebook 09
+def test_average_grad_dampened_is_ema():
+    p, ag = torch.zeros(2, requires_grad=True), E.AverageGrad(dampening=True)
+    st = ag.init_state(p)
+    for g in ([1., 2.], [3., 4.]):
+        p.grad = torch.tensor(g)
+        st = ag.update(p, st, mom=0.5)
+    E.test_close(st['grad_avg'], torch.tensor([0.5*0.5*1 + 0.5*3, 0.5*0.5*2 + 0.5*4]))
+    assert st['mom_damp'] == 0.5
+    E.test_close(E.momentum_step(torch.ones(2), lr=0.1, grad_avg=torch.tensor([1., -1.])),
+                 torch.tensor([0.9, 1.1]))
+
+def test_sqr_avg_debiased():
+    p, s2, sc = torch.zeros(2, requires_grad=True), E.AverageSqrGrad(), E.StepCount()
+    st = {**s2.init_state(p), **sc.init_state(p)}
+    for g in ([1., 2.], [3., 4.]):
+        p.grad = torch.tensor(g)
+        st = sc.update(p, s2.update(p, st, sqr_mom=0.9))
+    E.test_close(st['sqr_avg'] / E.debias(0.9, st['sqr_damp'], st['step']),
+                 torch.tensor([(0.9*1 + 9)/1.9, (0.9*4 + 16)/1.9]))
+    E.test_close(E.debias(0.9, 0.1, 3), 1 - 0.9**3)
+
+def test_default_hypers():
+    ps = list(tiny_model().parameters())
+    opt = E.adam_opt(wd=0.1, mom=0.8)(ps, lr=1e-3)
+    assert hypers(opt) == [{'lr': 1e-3, 'wd': 0.1, 'eps': 1e-5, 'mom': 0.8, 'sqr_mom': 0.99}]
+    assert hypers(E.lamb(ps, lr=0.01)) == [dict(lr=0.01, eps=1e-6, wd=0., mom=0.9, sqr_mom=0.99)]
+    assert hypers(E.ranger(ps, lr=1e-3)) == [{'lr': 1e-3, 'wd': 0., 'mom': 0.9, 'sqr_mom': 0.99,
+                                              'eps': 1e-6, 'k': 6, 'alpha': 0.5}]
+
+def test_radam_first_step_is_momentum_sgd():
+    # rho_t <= 5: a step along the debiased gradient average; with one gradient p moves by lr * grad
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.tensor([1., -3.])
+    E.StatefulOptimizer([p], E.radam_step, adam_stats(), lr=0.1).step()
+    E.test_close(p.detach(), torch.tensor([-0.1, 0.3]))
+
+def test_lookahead_shares_inner_param_groups():
+    la = E.Lookahead(optim.SGD(tiny_model().parameters(), lr=0.1))
+    la.param_groups[0]['lr'] = 0.2
+    assert la.opt.param_groups[0]['lr'] == 0.2          # schedulers write to the inner optimizer
+    assert la.state is la.opt.state
+
+def test_lookahead_load_copies_slow_weights():
+    bs = tiny_batches(6)
+    m1, m2 = tiny_model(), tiny_model()
+    o1 = E.Lookahead(optim.SGD(m1.parameters(), lr=0.1), k=2)
+    train(m1, o1, bs[:3])
+    o2 = E.Lookahead(optim.SGD(m2.parameters(), lr=0.1), k=2).load_state_dict(o1.state_dict())
+    slow1 = [s.clone() for s in o1.slow]
+    train(m2, o2, bs[3:])
+    assert all(torch.equal(a, b) for a, b in zip(slow1, o1.slow))    # o2 did not write into o1's
+    assert E.Lookahead(optim.SGD(m2.parameters(), lr=0.1)).load_state_dict(
+        E.Lookahead(optim.SGD(m1.parameters(), lr=0.1)).state_dict()).slow is None
+
+def test_adam_checkpoint_layout():
+    m = tiny_model()
+    opt = E.adam_opt(wd=0.01)(two_groups(m.parameters()), lr=1e-2)
+    train(m, opt, tiny_batches(4))
+    sd = opt.state_dict()
+    assert sd['param_groups'][0] == {'lr': 0.3, 'wd': 0.01, 'eps': 1e-5, 'mom': 0.9, 'sqr_mom': 0.99,
+                                     'params': [0, 1]}
+    assert sd['param_groups'][1]['params'] == [2, 3]
+    assert sorted(sd['state']) == [0, 1, 2, 3] and sd['state'][3]['step'] == 4
+
+@pytest.mark.parametrize('name', list(OPT_FUNCS))
+def test_blobs_train(name):
+    cbs = [partial(E.ParamScheduler, 'lr', E.sched_cos(0.2, 0.01)), E.AvgStatsCallback([E.accuracy])]
+    learn, run = E.get_runner(tiny_model(), blob_data(n=640), lr=0.2, opt_func=OPT_FUNCS[name], cbs=cbs)
+    run.logger = lambda *a, **k: None
+    run.fit(2, learn)
+    assert run.avg_stats.valid_stats.avg_stats[1] > 0.8
