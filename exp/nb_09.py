@@ -79,7 +79,6 @@ def sgd_opt(params, **hypers):
 # %% ../nbs/09_optimizers.ipynb #38341b8e
 class Stat:
     "A running statistic of each parameter: `init_state` makes it, `update` refreshes it."
-    _defaults = {}
     def init_state(self, p): return {}
     def update(self, p, state, **kwargs): return state
 
@@ -229,31 +228,24 @@ class Lookahead:
         self.opt.step()
         self.count += 1
         if self.count % self.k: return
-        for i, (s, p) in enumerate(zip(self.slow, ps)):
-            if s.device != p.device: s = self.slow[i] = s.to(p.device)   # model moved since a load
-            lookahead_step(p, self.count, s, self.k, self.alpha)
+        for i, p in enumerate(ps):
+            self.slow[i] = self.slow[i].to(p.device)   # the model may have moved since a load
+            lookahead_step(p, self.count, self.slow[i], self.k, self.alpha)
 
-    def state_dict(self):
-        "The inner state_dict, the step count and the slow weights."
-        return {'opt': self.opt.state_dict(), 'count': self.count, 'slow': self.slow}
+    def state_dict(self): return dict(opt=self.opt.state_dict(), count=self.count, slow=self.slow)
 
     def load_state_dict(self, sd):
         "Restore what `state_dict` saved."
         self.opt.load_state_dict(sd['opt'])
-        self.count = sd['count']
-        self.slow = None if sd['slow'] is None else [s.clone() for s in sd['slow']]
+        self.count, self.slow = sd['count'], sd['slow'] and [s.clone() for s in sd['slow']]
         return self
 
 # %% ../nbs/09_optimizers.ipynb #34a42707
 def _state_dict(self):
     "torch.optim's layout: group hypers with parameter indices, the state by index."
-    groups, n = [], 0
-    for pg in self.param_groups:
-        groups.append({**pg, 'params': list(range(n, n + len(pg['params'])))})
-        n += len(pg['params'])
-    ps = _all_params(self.param_groups)
-    return {'state': {i: dict(self.state[p]) for i, p in enumerate(ps) if p in self.state},
-            'param_groups': groups}
+    idx = {p: i for i, p in enumerate(_all_params(self.param_groups))}
+    groups = [{**pg, 'params': [idx[p] for p in pg['params']]} for pg in self.param_groups]
+    return {'state': {idx[p]: dict(st) for p, st in self.state.items()}, 'param_groups': groups}
 
 def _load_state_dict(self, sd):
     "Restore what `state_dict` saved, on the parameters' devices."

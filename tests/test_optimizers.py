@@ -42,7 +42,8 @@ def decay(lr, wd):
     return _inner
 
 def two_groups(ps):
-    ps = list(ps); return [{'params': ps[:2], 'lr': 0.3}, {'params': ps[2:]}]
+    ps = list(ps)
+    return [{'params': ps[:2], 'lr': 0.3}, {'params': ps[2:]}]
 
 adam_stats = E.adam_stats
 
@@ -83,13 +84,16 @@ class RefLamb:
     "LAMB, Algorithm 2 of You et al. 2019, per weight tensor, with norms; phi = clip to 10, ratio 1 when a norm is 0."
     def __init__(self, params, lr, b1, b2, eps, wd):
         self.ps, self.lr, self.b1, self.b2, self.eps, self.wd = list(params), lr, b1, b2, eps, wd
-        self.m = [torch.zeros_like(p) for p in self.ps]; self.v = [torch.zeros_like(p) for p in self.ps]; self.t = 0
+        self.m = [torch.zeros_like(p) for p in self.ps]
+        self.v = [torch.zeros_like(p) for p in self.ps]
+        self.t = 0
     @torch.no_grad()
     def step(self):
         self.t += 1
         for p, m, v in zip(self.ps, self.m, self.v):
             g = p.grad
-            m.copy_(self.b1*m + (1 - self.b1)*g); v.copy_(self.b2*v + (1 - self.b2)*g*g)
+            m.copy_(self.b1*m + (1 - self.b1)*g)
+            v.copy_(self.b2*v + (1 - self.b2)*g*g)
             r = (m/(1 - self.b1**self.t)) / ((v/(1 - self.b2**self.t)).sqrt() + self.eps) + self.wd*p
             wn, rn = torch.linalg.norm(p), torch.linalg.norm(r)
             ratio = min((wn/rn).item(), 10.) if wn > 0 and rn > 0 else 1.
@@ -102,10 +106,12 @@ def test_lamb_vs_paper():
              lambda ps: RefLamb(ps, 1e-2, 0.9, 0.999, 1e-6, 0.01))
 
 def test_lamb_zero_weights_and_clipping():
-    p = torch.zeros(3, requires_grad=True); p.grad = torch.tensor([1., -2., 3.])
+    p = torch.zeros(3, requires_grad=True)
+    p.grad = torch.tensor([1., -2., 3.])
     E.lamb([p], lr=0.1).step()
     E.test_close(p.detach(), -0.1*torch.tensor([1., -1., 1.]), eps=1e-4)
-    p = torch.full((4,), 100., requires_grad=True); p.grad = torch.ones(4)
+    p = torch.full((4,), 100., requires_grad=True)
+    p.grad = torch.ones(4)
     E.lamb([p], lr=0.01).step()
     E.test_close(p.detach(), torch.full((4,), 99.9), eps=1e-3)
 
@@ -130,7 +136,10 @@ def test_lookahead_by_hand(form):
          E.StatefulOptimizer([p], [E.sgd_step, E.lookahead_step], [E.StepCount(), E.SlowWeights()], lr=0.5, k=2, alpha=0.5))
     seen = []
     for _ in range(4):
-        (p**2 / 2).sum().backward(); o.step(); o.zero_grad(); seen.append(p.item())
+        (p**2 / 2).sum().backward()
+        o.step()
+        o.zero_grad()
+        seen.append(p.item())
     E.test_close(torch.tensor(seen), torch.tensor([0.5, 0.625, 0.3125, 0.390625]))
 
 def test_lookahead_round_trip():
@@ -148,9 +157,12 @@ def test_lookahead_round_trip():
 
 # ---------------------------------------------------------------- building blocks
 def test_steppers_and_defaults():
-    p = torch.tensor([1., -2.], requires_grad=True); p.grad = torch.tensor([0.5, 0.5])
+    p = torch.tensor([1., -2.], requires_grad=True)
+    p.grad = torch.tensor([0.5, 0.5])
     with torch.no_grad():
-        q = p.detach().clone(); q.grad = p.grad.clone(); E.l2_reg(q, lr=0.1, wd=0.5)
+        q = p.detach().clone()
+        q.grad = p.grad.clone()
+        E.l2_reg(q, lr=0.1, wd=0.5)
         E.test_close(q.grad, torch.tensor([1.0, -0.5]))
         E.test_close(E.weight_decay(p.detach().clone(), lr=0.1, wd=0.5), torch.tensor([0.95, -1.9]))
     d = {'wd': 0.3}
@@ -234,7 +246,8 @@ def test_recorder_and_param_scheduler(name):
                               cbs=[E.Recorder, partial(E.ParamScheduler, 'lr', sched)])
     run.logger = lambda *a, **k: None
     run.fit(2, learn)
-    lrs = run.recorder.lrs[0]; n = len(lrs)
+    lrs = run.recorder.lrs[0]
+    n = len(lrs)
     assert n == 2*len(data.train_dl) == len(run.recorder.losses)
     E.test_close(lrs, [sched(i/n) for i in range(n)])
     E.test_close(learn.opt.param_groups[0]['lr'], lrs[-1])
@@ -251,7 +264,8 @@ def test_schedule_momentum():
 
 @pytest.mark.parametrize('name', ['adam_opt', 'lamb', 'torch_adamw'])
 def test_lr_find(name):
-    m = tiny_model(); start = [p.detach().clone() for p in m.parameters()]
+    m = tiny_model()
+    start = [p.detach().clone() for p in m.parameters()]
     learn, run = E.get_runner(m, blob_data(), lr=1e-3, opt_func=OPT_FUNCS[name], cbs=[partial(E.LR_Find, max_iter=30), E.Recorder])
     run.logger = lambda *a, **k: None
     run.fit(5, learn)
@@ -260,3 +274,78 @@ def test_lr_find(name):
     assert 2 < len(lrs) <= 30 and all(b > a for a, b in zip(lrs, lrs[1:]))
     assert learn.opt.param_groups[0]['lr'] == 1e-3                       # LR_Find restores the optimizer ...
     assert all(torch.equal(a, b) for a, b in zip(start, m.parameters()))  # ... and the model
+
+# ---------------------------------------------------------------- edge cases moved from notebook 09
+def test_average_grad_dampened_is_ema():
+    p, ag = torch.zeros(2, requires_grad=True), E.AverageGrad(dampening=True)
+    st = ag.init_state(p)
+    for g in ([1., 2.], [3., 4.]):
+        p.grad = torch.tensor(g)
+        st = ag.update(p, st, mom=0.5)
+    E.test_close(st['grad_avg'], torch.tensor([0.5*0.5*1 + 0.5*3, 0.5*0.5*2 + 0.5*4]))
+    assert st['mom_damp'] == 0.5
+    E.test_close(E.momentum_step(torch.ones(2), lr=0.1, grad_avg=torch.tensor([1., -1.])),
+                 torch.tensor([0.9, 1.1]))
+
+def test_sqr_avg_debiased():
+    p, s2, sc = torch.zeros(2, requires_grad=True), E.AverageSqrGrad(), E.StepCount()
+    st = {**s2.init_state(p), **sc.init_state(p)}
+    for g in ([1., 2.], [3., 4.]):
+        p.grad = torch.tensor(g)
+        st = sc.update(p, s2.update(p, st, sqr_mom=0.9))
+    E.test_close(st['sqr_avg'] / E.debias(0.9, st['sqr_damp'], st['step']),
+                 torch.tensor([(0.9*1 + 9)/1.9, (0.9*4 + 16)/1.9]))
+    E.test_close(E.debias(0.9, 0.1, 3), 1 - 0.9**3)
+
+def test_default_hypers():
+    ps = list(tiny_model().parameters())
+    opt = E.adam_opt(wd=0.1, mom=0.8)(ps, lr=1e-3)
+    assert hypers(opt) == [{'lr': 1e-3, 'wd': 0.1, 'eps': 1e-5, 'mom': 0.8, 'sqr_mom': 0.99}]
+    assert hypers(E.lamb(ps, lr=0.01)) == [dict(lr=0.01, eps=1e-6, wd=0., mom=0.9, sqr_mom=0.99)]
+    assert hypers(E.ranger(ps, lr=1e-3)) == [{'lr': 1e-3, 'wd': 0., 'mom': 0.9, 'sqr_mom': 0.99,
+                                              'eps': 1e-6, 'k': 6, 'alpha': 0.5}]
+
+def test_radam_first_step_is_momentum_sgd():
+    # rho_t <= 5: a step along the debiased gradient average; with one gradient p moves by lr * grad
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.tensor([1., -3.])
+    E.StatefulOptimizer([p], E.radam_step, adam_stats(), lr=0.1).step()
+    E.test_close(p.detach(), torch.tensor([-0.1, 0.3]))
+
+def test_lookahead_shares_inner_param_groups():
+    la = E.Lookahead(optim.SGD(tiny_model().parameters(), lr=0.1))
+    la.param_groups[0]['lr'] = 0.2
+    assert la.opt.param_groups[0]['lr'] == 0.2          # schedulers write to the inner optimizer
+    assert la.state is la.opt.state
+
+def test_lookahead_load_copies_slow_weights():
+    bs = tiny_batches(6)
+    m1, m2 = tiny_model(), tiny_model()
+    o1 = E.Lookahead(optim.SGD(m1.parameters(), lr=0.1), k=2)
+    train(m1, o1, bs[:3])
+    o2 = E.Lookahead(optim.SGD(m2.parameters(), lr=0.1), k=2).load_state_dict(o1.state_dict())
+    slow1 = [s.clone() for s in o1.slow]
+    train(m2, o2, bs[3:])
+    assert all(torch.equal(a, b) for a, b in zip(slow1, o1.slow))    # o2 did not write into o1's
+    assert E.Lookahead(optim.SGD(m2.parameters(), lr=0.1)).load_state_dict(
+        E.Lookahead(optim.SGD(m1.parameters(), lr=0.1)).state_dict()).slow is None
+
+def test_adam_checkpoint_layout():
+    m = tiny_model()
+    opt = E.adam_opt(wd=0.01)(two_groups(m.parameters()), lr=1e-2)
+    train(m, opt, tiny_batches(4))
+    sd = opt.state_dict()
+    assert sd['param_groups'][0] == {'lr': 0.3, 'wd': 0.01, 'eps': 1e-5, 'mom': 0.9,
+                                     'sqr_mom': 0.99, 'params': [0, 1]}
+    assert sd['param_groups'][1]['params'] == [2, 3]
+    assert sorted(sd['state']) == [0, 1, 2, 3] and sd['state'][3]['step'] == 4
+
+@pytest.mark.parametrize('name', list(OPT_FUNCS))
+def test_blobs_train(name):
+    cbs = [partial(E.ParamScheduler, 'lr', E.sched_cos(0.2, 0.01)),
+           E.AvgStatsCallback([E.accuracy])]
+    learn, run = E.get_runner(tiny_model(), blob_data(n=640), lr=0.2, opt_func=OPT_FUNCS[name],
+                              cbs=cbs)
+    run.logger = lambda *a, **k: None
+    run.fit(2, learn)
+    assert run.avg_stats.valid_stats.avg_stats[1] > 0.8
