@@ -155,7 +155,6 @@ def show_image(im, ax=None, figsize=(3, 3), title=None):
     if isinstance(im, torch.Tensor):
         im = im.detach().cpu()
         if im.ndim == 3: im = im.permute(1, 2, 0)            # (c, h, w) -> (h, w, c)
-        im = im.numpy()
     im = np.asarray(im)
     if im.ndim == 3 and im.shape[-1] == 1: im = im[..., 0]  # (h, w, 1) -> (h, w)
     if im.dtype.kind == 'f': im = np.clip(im, 0, 1)

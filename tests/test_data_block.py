@@ -57,6 +57,16 @@ def test_get_files_recurse_hidden_include(tree):
 def test_get_files_errors(tree):
     with pytest.raises(FileNotFoundError, match='nope'): get_files(tree/'nope')
 
+def test_get_files_follows_folder_links_once(tree, tmp_path_factory):
+    ext = tmp_path_factory.mktemp('elsewhere')                 # a class folder that links to images elsewhere
+    (ext/'i.jpg').write_bytes(b'')
+    (tree/'linked').symlink_to(ext, target_is_directory=True)
+    (tree/'sub'/'loop').symlink_to(tree, target_is_directory=True)   # and a link back up the tree
+    with pytest.warns(UserWarning, match='loop') as w:
+        fs = get_files(tree, image_extensions, recurse=True)
+    assert rel(fs, tree) == ['a.jpg', 'b.PNG', 'linked/i.jpg', 'other/f.webp', 'sub/d.jpeg', 'sub/deep/h.JPG']
+    assert [str(o.message).split("'")[1] for o in w] == [str(tree/'sub'/'loop')]
+
 # ---------------------------------------------------------------- lists and transforms
 def test_compose_sorts_by_order():
     f = lambda x: x + 1

@@ -76,6 +76,43 @@ def test_device_callback_default_and_alias():
     assert dev.type == expected
     assert DeviceCallback('cpu').device == torch.device('cpu')
 
+def test_to_device_nested_and_device_callback_moves_batches():
+    from exp.nb_06 import to_device, Learner, Runner
+    b = to_device((torch.zeros(2), [torch.ones(3)], {'y': torch.arange(3)}, 'label'), 'cpu')
+    assert torch.equal(b[1][0], torch.ones(3)) and torch.equal(b[2]['y'], torch.arange(3)) and b[3] == 'label'
+    class Seen(Callback):
+        order = 10
+        def after_pred(self): self.seen = (self.run.xb.device.type, next(self.run.model.parameters()).device.type)
+    model, seen = nn.Linear(784, 10), Seen()
+    learn = Learner(model, optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, synthetic_data())
+    Runner(cbs=[DeviceCallback('cpu'), seen]).fit(1, learn)
+    assert seen.seen == ('cpu', 'cpu')
+
+def test_list_container_setitem_delitem():
+    t = ListContainer(range(10))
+    t[0] = 'a'
+    del t[1]
+    assert (len(t), t[0], t[1]) == (9, 'a', 2)
+
+def test_get_runner_callback_factories_and_opt_func():
+    learn, run = get_runner(nn.Linear(2, 2), synthetic_data(), opt_func=partial(optim.SGD, momentum=0.9),
+                            cbs=[partial(BatchTransformXCallback, view_tfm(2, 392))])
+    assert learn.opt.param_groups[0]["momentum"] == 0.9
+    assert any(isinstance(c, BatchTransformXCallback) for c in run.cbs)
+
+def test_append_stats_histogram_counts_values_in_range():
+    lin = nn.Linear(784, 10)
+    x = torch.randn(64, 784) * 20
+    with Hook(lin, append_stats) as h: out = lin(x)
+    assert h.stats[2][0].sum().item() == ((out >= -7) & (out <= 7)).sum().item()
+
+def test_init_cnn_reaches_nested_convs():
+    from exp.nb_06 import _init_cnn
+    nested = nn.Sequential(nn.Sequential(nn.Sequential(nn.Conv2d(1, 4, 3))), nn.Conv2d(4, 4, 3))
+    _init_cnn(nested, lambda w, a: w.data.fill_(a))
+    assert (nested[0][0][0].weight == 0.1).all() and (nested[1].weight == 0.1).all()
+    assert (nested[1].bias == 0).all()
+
 def test_no_cuda_calls_in_exported_code():
     for f in ('nb_06.py', 'nb_07.py'):
         assert not re.search(r'\.cuda\(', (ROOT / 'exp' / f).read_text()), f
