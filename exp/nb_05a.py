@@ -3,9 +3,9 @@
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'synth_learner', 'env_int', 'is_main_process', 'unwrap_model',
            'broadcast_object', 'set_seed', 'get_rng_states', 'set_rng_states', 'loader_state', 'set_loader_state',
-           'interrupted_path', 'model_info', 'describe_model', 'check_state_fits', 'read_checkpoint', 'load_checkpoint',
-           'CheckpointCallback', 'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger', 'plot_run',
-           'epoch_rows', 'markdown_table', 'resume_config', 'resume_rows', 'settle_failed_run', 'dist', 'DDP']
+           'interrupted_path', 'check_state_fits', 'read_checkpoint', 'load_checkpoint', 'CheckpointCallback',
+           'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger', 'plot_run', 'epoch_rows', 'markdown_table',
+           'resume_config', 'resume_rows', 'settle_failed_run', 'dist', 'DDP']
 
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
 from .nb_05 import *
@@ -97,7 +97,7 @@ def interrupted_path(path):
     path = Path(path)
     return path.with_stem(path.stem + '.interrupted')
 
-def model_info(model, state=None):
+def _model_info(model, state=None):
     "A model's class, size and number of outputs, for messages."
     m = unwrap_model(model)
     sd = m.state_dict() if state is None else state
@@ -105,8 +105,8 @@ def model_info(model, state=None):
     n = sum(v.numel() for v in sd.values() if v.is_floating_point())
     return {'arch': type(m).__name__, 'n_params': n, 'n_out': ws[-1].shape[0] if ws else None}
 
-def describe_model(info, config=None):
-    "`model_info` (and `config`'s arch) in words."
+def _describe_model(info, config=None):
+    "`_model_info` (and `config`'s arch) in words."
     arch = info['arch'] + (f" ({config['arch']})" if config and config.get('arch') else '')
     return f"{arch}, {info['n_out']} outputs, {info['n_params']:,} values"
 
@@ -133,7 +133,8 @@ def load_checkpoint(path, model, opt=None):
     "Load checkpoint `path` into `model` (and `opt`); return it."
     ck, m = read_checkpoint(path), unwrap_model(model)
     sd = m.state_dict()
-    saved, now = describe_model(ck['model_info'], ck['config']), describe_model(model_info(m, sd))
+    saved = _describe_model(ck['model_info'], ck['config'])
+    now = _describe_model(_model_info(m, sd))
     check_state_fits(ck['model'], sd, f"{path} holds a {saved} but the model is a {now}")
     m.load_state_dict(ck['model'])
     try:
@@ -183,7 +184,7 @@ class CheckpointCallback(Callback):
         sd = m.state_dict()
         hist = run.avg_stats.history if hasattr(run, 'avg_stats') else []
         return {'format': CHECKPOINT_FORMAT, 'epoch': self.done, 'epochs': run.epochs,
-                'n_iter': run.n_iter, 'model': sd, 'model_info': model_info(m, sd),
+                'n_iter': run.n_iter, 'model': sd, 'model_info': _model_info(m, sd),
                 'opt': run.opt.state_dict(), 'rng': rngs, 'loader': loader_state(run.data.train_dl),
                 'history': [dict(h) for h in hist], 'config': self.config,
                 'interrupted': interrupted}

@@ -53,8 +53,9 @@ def main_process_first(f, *args, **kwargs):
 # %% ../nbs/06a_distributed.ipynb #9d78505c
 def convert_sync_bn(model):
     "Swap each BatchNorm of `model` for a SyncBatchNorm; the list of swaps."
+    bns = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     swaps = [(p, name, bn) for p in model.modules() for name, bn in p.named_children()
-             if isinstance(bn, nn.modules.batchnorm._BatchNorm) and type(bn) is not nn.SyncBatchNorm]
+             if isinstance(bn, bns)]
     for p, name, bn in swaps: setattr(p, name, nn.SyncBatchNorm.convert_sync_batchnorm(bn))
     return swaps
 

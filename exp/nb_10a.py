@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['SHORT_RUN', 'FORMAT', 'tricks_error', 'TrainOptions', 'Plan', 'resolve', 'train', 'resumed_options', 'resume_train',
-           'load_run', 'predict_tfms', 'predict', 'Renormalized', 'load_teacher', 'train_cli', 'predict_cli']
+           'load_run', 'predict', 'Renormalized', 'load_teacher', 'train_cli', 'predict_cli']
 
 # %% ../nbs/10a_train.ipynb #b3051d94
 from .nb_10 import *
@@ -233,7 +233,7 @@ def load_run(run_dir, device='cpu'):
     model.load_state_dict(info['state_dict'])
     return model.to(device).eval(), info
 
-def predict_tfms(info):
+def _predict_tfms(info):
     "Item transforms of a saved run's validation images."
     if info['pipeline'] != 'fast': return image_tfms(info['size'])
     return [make_rgb, CenterSquare(info['size'], info['val_zoom']), to_byte_tensor, to_float_tensor]
@@ -241,7 +241,7 @@ def predict_tfms(info):
 def predict(paths, run_dir, device='cpu', bs=64):
     "Classify image files with a saved run: a list of (path, class, probability)."
     model, info = load_run(run_dir, device)
-    tfms, mean, std = predict_tfms(info), tensor(info['mean']), tensor(info['std'])
+    tfms, mean, std = _predict_tfms(info), tensor(info['mean']), tensor(info['std'])
     paths, res = [Path(p) for p in listify(paths)], []
     for p in paths:
         if p.is_dir(): raise ArgError('paths', str(p), 'is a folder, not an image file')
