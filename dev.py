@@ -83,6 +83,17 @@ def check_unchanged(cmd, folder, pattern, what, env):
     say(f'{what}: no changes')
 
 
+def check_outputs_fresh():
+    "Fail when a notebook's code changed after `dev.py notebooks` saved its outputs (hashes in nbs/outputs.json)."
+    sys.path.insert(0, str(ROOT / '.ci'))
+    from nb_hash import stale
+    old = stale(ROOT / 'nbs')
+    if old: sys.exit(f'[dev] saved outputs older than the code in: {", ".join(old)}. Re-execute them with '
+                     f'`python3 dev.py notebooks {" ".join("nbs/" + n for n in old)}`, check the prose against '
+                     f'the new outputs, and commit the notebooks with nbs/outputs.json.')
+    say('notebook outputs: every notebook saved from its current code')
+
+
 def test(args):
     "Export drift, nbdev_clean drift, pytest, every notebook under nbdev_test."
     env = data_env()
@@ -91,6 +102,7 @@ def test(args):
     # notebooks must already be clean of volatile metadata.
     check_unchanged([BIN / 'nbdev_export'], 'exp', '*.py', 'export drift (exp/ vs nbdev_export of nbs/)', env)
     check_unchanged([BIN / 'nbdev_clean'], 'nbs', '*.ipynb', 'nbdev_clean drift (volatile notebook metadata)', env)
+    check_outputs_fresh()
     r = sh(PY, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests', *args, check=False, env=env)
     if r.returncode == 5: sys.exit('[dev] pytest collected no tests: the tests/ folder lost its tests')
     if r.returncode: sys.exit(f'[dev] pytest failed ({r.returncode})')
