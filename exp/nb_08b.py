@@ -193,8 +193,8 @@ def _has_image(folder):
 def _layout_problem(path):
     "What is wrong with the layout of data folder `path` (a message), or None."
     if not path.is_dir():
-        return (f"data folder {str(path)!r} does not exist: `path` must be a folder with train/ "
-                "and val/")
+        what = 'is a file' if path.exists() else 'does not exist'
+        return f"data folder {str(path)!r} {what}: `path` must be a folder with train/ and val/"
     for sub in ('train', 'val'):
         if not (path/sub).is_dir():
             return f"data folder {str(path)!r} has no {sub}/ subfolder of class folders"

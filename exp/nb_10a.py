@@ -10,6 +10,9 @@ reexport(globals(), 'exp.nb_10')
 
 # %% ../nbs/10a_train.ipynb #aa429054
 SHORT_RUN = 20   # epochs: below it, auto is fastai's short-run recipe
+_MAX_SIZE = 1024  # pixels: larger images would not fit a cache or a batch in memory here
+
+def _size_error(v): return None if 0 < v <= _MAX_SIZE else f'must be in 1..{_MAX_SIZE} (pixels)'
 
 def tricks_error(s):
     "A check: None if `s` is a `tricks` option, else what is wrong."
@@ -24,7 +27,7 @@ class TrainOptions(Options):
     "What a training run asks for: `train`'s keywords and exp-train's flags."
     data: Path = option(None, 'image folder with train/ and val/ (default: Imagenette-160)',
                         same=same_path)
-    size: int = option(128, 'image side in pixels', check=positive_error)
+    size: int = option(128, f'image side in pixels (at most {_MAX_SIZE})', check=_size_error)
     epochs: int = option(5, 'number of epochs', check=positive_error)
     bs: int = option(64, 'batch size (per process under torchrun)', check=positive_error)
     lr: float = option(None, "peak learning rate per 256 images (default: the recipe's)",

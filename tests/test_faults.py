@@ -234,6 +234,10 @@ def test_path_that_does_not_exist(tmp_path, capsys, run_a):
     assert f"argument --data: data folder '{missing}' does not exist" in err and 'train/ and val/' in err
     assert not out.exists() and not missing.exists()                          # nothing created on the way
     with pytest.raises(FileNotFoundError, match='`path` must be a folder with train/ and val/'): folder_databunch(missing)
+    a_file = tmp_path / 'images.tgz'
+    a_file.write_bytes(b'not a folder')
+    err = cli_error(capsys, ['--data', a_file, '--out', out, *CLI_ARGS])
+    assert f"argument --data: data folder '{a_file}' is a file: `path` must be a folder" in err
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))): get_files(missing)
     with pytest.raises(ArgError, match=f"run_dir='{missing / 'model.pt'}': not found: pass a run folder"): load_run(missing)
     with pytest.raises(ArgError, match=f"paths='{missing / 'x.jpg'}': not found"): predict([missing / 'x.jpg'], run_a)

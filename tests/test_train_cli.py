@@ -198,6 +198,7 @@ def _cli_error(capsys, argv):
     (['--data', '/no/such/folder'], "argument --data: data folder '/no/such/folder' does not exist"),
     (['--lr', '-1'], 'argument --lr: must be > 0, got -1'),
     (['--bs', '0'], 'argument --bs: must be > 0, got 0'),
+    (['--size', '100000'], 'argument --size: must be in 1..1024 (pixels), got 100000'),
     (['--epochs', '0'], 'argument --epochs: must be > 0, got 0'),
     (['--epochs', 'two'], "argument --epochs: 'two' is not an int"),
     (['--limit', '0'], 'argument --limit: must be > 0'),
