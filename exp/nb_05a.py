@@ -4,8 +4,8 @@
 __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'synth_learner', 'env_int', 'is_main_process', 'unwrap_model',
            'broadcast_object', 'set_seed', 'get_rng_states', 'set_rng_states', 'loader_state', 'set_loader_state',
            'interrupted_path', 'check_state_fits', 'read_checkpoint', 'load_checkpoint', 'CheckpointCallback',
-           'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger', 'plot_run', 'epoch_rows', 'markdown_table',
-           'resume_config', 'resume_rows', 'settle_failed_run', 'dist', 'DDP']
+           'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger', 'plot_run', 'epoch_rows', 'MarkdownTable',
+           'markdown_table', 'resume_config', 'resume_rows', 'settle_failed_run', 'dist', 'DDP']
 
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
 from .nb_05 import *
@@ -288,12 +288,20 @@ def epoch_rows(run):
     "The finished fit's metrics per epoch."
     return [dict(h) for h in run.avg_stats.history]
 
+class MarkdownTable(str):
+    "Markdown text that Jupyter renders as a table; `print` shows the text."
+    def _repr_markdown_(self): return str(self)
+
+def _fmt(v):
+    "`v` for a table: floats to 3 significant digits (no exponent below 1000)."
+    if not isinstance(v, float): return str(v)
+    return f'{v:.3g}' if abs(v) < 1000 else f'{v:.0f}'
+
 def markdown_table(rows, cols):
-    "Dicts `rows` as a markdown table of columns `cols`."
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    "Dicts `rows` as a `MarkdownTable` of columns `cols`."
     line = lambda items: '| ' + ' | '.join(items) + ' |'
     lines = [line(cols), '|' + '|'.join('---' for _ in cols) + '|']
-    return '\n'.join(lines + [line(fmt(r.get(c, '')) for c in cols) for r in rows])
+    return MarkdownTable('\n'.join(lines + [line(_fmt(r.get(c, '')) for c in cols) for r in rows]))
 
 # %% ../nbs/05a_checkpoints.ipynb #c6321ca8
 def resume_config(run_dir, check=None):
