@@ -5,7 +5,7 @@
     python3 dev.py test                         the whole test suite (what CI runs)
     python3 dev.py notebooks [nbs/NN_*.ipynb]   execute notebooks top to bottom and save them with outputs
     python3 dev.py test-nb nbs/NN_*.ipynb       run one notebook's tests (nbdev_test, small sizes)
-    python3 dev.py bench                        CPU benchmarks (Runner vs bare loop, data pipeline): prints tables
+    python3 dev.py bench                        CPU benchmarks (Runner vs bare loop, data pipeline, ceiling): tables
     python3 dev.py bench-fastai [options]       exp-train vs fastai 2.8.12's recipe, same data and budget (own venv)
     python3 dev.py setup                        only create/refresh the virtual environment
 
@@ -128,6 +128,7 @@ def main(argv):
         sh(PY, ROOT / 'tests' / 'bench_runner.py', *args, env=data_env())
         bp = ROOT / 'tests' / 'bench_pipeline.py'
         if bp.exists(): sh(PY, bp, *args, env=data_env())
+        sh(PY, ROOT / 'tests' / 'bench_ceiling.py', *[a for a in args if a == '--quick'], env=data_env())
         return
     if cmd == 'bench-fastai': return sh(PY, ROOT / 'tests' / 'bench_fastai.py', *args, env=data_env())
 

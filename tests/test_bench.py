@@ -1,6 +1,6 @@
 """Smoke runs of the CPU benchmarks at tiny sizes: they run end to end and their own checks hold. No timing is asserted
 (speed is read from the tables `python3 dev.py bench` prints, never from a timed test)."""
-import bench_pipeline, bench_runner
+import bench_ceiling, bench_pipeline, bench_runner
 
 
 def test_bench_runner_quick(capsys):
@@ -21,3 +21,11 @@ def test_bench_pipeline_quick(capsys):
     assert [c[0] for c in caches] == ['memory-mapped', 'in memory'] and all(b > 0 and e > 0 for _, b, e in caches)
     assert '| cache | build img/s | epoch img/s |' in out and '| memory-mapped / in memory |' in out
 
+
+
+def test_bench_ceiling_quick(capsys):
+    r = bench_ceiling.main(['--quick'])
+    assert r['peak'] > 0 and r['model_ips'] > 0 and r['exp_ips'] > 0
+    assert 1e6 < r['flop'] < 1e10   # xresnet18 at 32 px: about 0.06 GFLOP per training image
+    out = capsys.readouterr().out
+    assert '| model only (in-memory tensors) |' in out and 'of matmul peak' in out
