@@ -118,20 +118,19 @@ def _run_config(data, o, plan):
                 torch=torch.__version__, world_size=dist_env().world_size, compile=o.compile_model,
                 args=saved_options(o))
 
-def _save_model(learn, data, o, plan):
-    "Save model.pt: the weights and what `predict` needs to use them."
-    sd = unwrap_model(learn.model).state_dict()
+def _save_model(sd, config, out):
+    "Save model.pt: weights `sd` and what `predict` needs from the run's `config`."
+    r, st, pipeline = config['recipe'], config['stats'], config['pipeline']
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    info = dict(format=FORMAT, state_dict=sd, vocab=list(data.vocab), arch=plan.recipe.arch,
-                bcd=plan.recipe.bcd, act=plan.recipe.act, size=o.size, mean=data.stats[0],
-                std=data.stats[1],
-                pipeline=plan.pipeline, val_zoom=getattr(data, 'val_zoom', 1.))
-    return atomic_save(info, o.out / 'model.pt')
+    info = dict(format=FORMAT, state_dict=sd, vocab=list(config['vocab']), arch=r['arch'],
+                bcd=r['bcd'], act=r['act'], size=config['args']['size'], mean=st['mean'],
+                std=st['std'], pipeline=pipeline, val_zoom=VAL_ZOOM if pipeline == 'fast' else 1.)
+    return atomic_save(info, out / 'model.pt')
 
 def _fit(data, o, plan, resume, cbs, teacher):
     "Fit a run into its folder `o.out`, then save the model."
     out, main = o.out, is_main_process()
-    if resume is None:
+    if not resume:
         config, rows = _run_config(data, o, plan), []
         if main:
             atomic_write(out / 'config.json', json.dumps(config, indent=1))
@@ -143,7 +142,7 @@ def _fit(data, o, plan, resume, cbs, teacher):
         rows = resume_rows(saved, ck['history'], ck['epoch'])
     set_seed(o.seed)
     logger = RunLogger(out, rows=rows)
-    extra = [CheckpointCallback(out / CHECKPOINT_NAME, config=config, resume=resume)]
+    extra = [CheckpointCallback(out / CHECKPOINT_NAME, config=config, resume=resume or None)]
     extra += [logger] * main
     if dist_env().world_size > 1: extra.append(DistributedCallback())
     learn, run = build_learner(data, plan.recipe, device=plan.device, progress=o.progress and main,
@@ -151,7 +150,7 @@ def _fit(data, o, plan, resume, cbs, teacher):
                                teacher=teacher)
     run.fit(o.epochs, learn)
     if main:
-        _save_model(learn, data, o, plan)
+        _save_model(unwrap_model(learn.model).state_dict(), config, out)
         plot_run(logger.rows, run.recorder.lrs[0], out / 'plot.png')
     return out
 
@@ -162,8 +161,28 @@ def _settle(out, e, created):
         e.add_note(how)
         print(how, file=sys.stderr)
 
+def _check_data(out, data, ck_path):
+    "Refuse classes run `out` did not learn; state and record a changed image count."
+    config = json.loads((out / 'config.json').read_text())
+    new = [repr(c) for c in data.vocab if c not in config['vocab']]
+    gone = [repr(c) for c in config['vocab'] if c not in data.vocab]
+    if new or gone:
+        what = (f"now has class(es) {', '.join(new)} that run {out} was not trained on" if new else
+                f"no longer has class(es) {', '.join(gone)} that run {out} was trained on")
+        raise RunSetupError(f"the data folder {config['data']} {what}: resume needs the same "
+                            "classes; start a new run with --out")
+    now = dict(n_train=data.n_train, n_valid=data.n_valid)
+    changed = {k: [config[k], v] for k, v in now.items() if config[k] != v}
+    if not changed or not is_main_process(): return
+    epoch = read_checkpoint(ck_path)['epoch']
+    config.update(now, data_changes=config.get('data_changes', []) + [dict(epoch=epoch, **changed)])
+    atomic_write(out / 'config.json', json.dumps(config, indent=1))
+    said = ', '.join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    print(f"the data folder changed since epoch {epoch} of run {out}: {said} "
+          "(recorded in config.json)")
+
 def _run(o, plan, cbs=None, resume=None):
-    "Load the data, make (or reopen) the run folder and fit."
+    "Load the data, make the run folder (`resume`: False or a checkpoint, reopen it) and fit."
     own_group = dist_env().world_size > 1         # started by torchrun
     if own_group:
         _, plan.device, own_group = init_distributed('gloo' if o.device == 'cpu' else None)
@@ -184,6 +203,7 @@ def _run(o, plan, cbs=None, resume=None):
         teach = o.teacher and o.teacher.resolve()
         o = replace(o, data=Path(path).resolve(), out=out, pipeline=plan.pipeline, teacher=teach)
         with run_dir_lock(out if main else None):
+            if resume: _check_data(out, data, resume)
             try: return _fit(data, o, plan, resume, cbs, teacher)
             except BaseException as e:
                 if main: _settle(out, e, created or resume is not None)
@@ -201,22 +221,57 @@ def _check_format(run_dir, config):
         raise ArgError('run_dir', str(run_dir), f"its config.json is format {fmt}, this exp reads "
                        f"format {FORMAT}: start a new run")
 
-def resumed_options(run_dir, **free):
-    "Options (with `free` ones), checkpoint and config of the stopped run `run_dir`."
-    config, ck_path = resume_config(run_dir, check=partial(_check_format, run_dir))
-    o = options_from_saved(TrainOptions, config['args'], **free)
-    if not o.data.is_dir():
+def _stopped_run(run_dir):
+    "Config, checkpoint (None: no epoch ended) and whether all epochs ended, of run `run_dir`."
+    run_dir, seen = Path(run_dir), []
+    if (run_dir / 'config.json').is_file():   # a run in use is refused whatever its state
+        with run_dir_lock(run_dir if is_main_process() else None): pass
+    def check(config):
+        _check_format(run_dir, config)
+        seen.append(config)
+    ck = run_dir / CHECKPOINT_NAME
+    try: return *resume_config(run_dir, check=check), False
+    except ArgError:   # past `check`: no checkpoint yet, or every epoch done
+        if seen and not (ck.exists() or interrupted_path(ck).exists()): return seen[0], None, False
+        if seen and ck.is_file() and not (run_dir / 'model.pt').exists(): return seen[0], ck, True
+        raise
+
+def _resumed(run_dir, free):
+    "Options, checkpoint and config of stopped run `run_dir`, and whether it is done."
+    config, ck_path, done = _stopped_run(run_dir)
+    try: o = options_from_saved(TrainOptions, config['args'], **free)
+    except ArgError as e:
+        if e.arg in free: raise
+        raise ArgError('run_dir', str(run_dir), f"its config.json has args.{e.arg}={e.value!r}, "
+                       f"which {e.why}: correct it there, or start a new run") from e
+    if not (done or o.data.is_dir()):
         where = Path(run_dir) / 'config.json'
         raise RunSetupError(f"the run's data folder {o.data} (in {where}) does not exist any more: "
                             "move it back, or edit args.data there")
-    return replace(o, out=Path(run_dir)), ck_path, config
+    return replace(o, out=Path(run_dir)), ck_path, config, done
+
+def resumed_options(run_dir, **free):
+    "Options (with `free` ones), checkpoint and config of the stopped run `run_dir`."
+    return _resumed(run_dir, free)[:3]
+
+def _finish(out, ck_path, config):
+    "Write the missing model.pt of run `out`, whose every epoch is done, from its checkpoint."
+    if not is_main_process(): return out
+    ck = read_checkpoint(ck_path)
+    _save_model(ck['model'], config, out)
+    print(f"all {ck['epochs']} epochs of run {out} were done: model.pt written from {ck_path.name}")
+    return out
 
 def resume_train(run_dir, cbs=None, **free):
     "Continue the stopped run `run_dir` (`free`: options it may change)."
-    o, ck_path, config = resumed_options(run_dir, **free)
+    o, ck_path, config, done = _resumed(run_dir, free)
+    if done: return _finish(o.out, ck_path, config)
     stats = (config['stats']['mean'], config['stats']['std'])
     plan = replace(resolve(o), recipe=TrickConfig(**config['recipe']), stats=stats)
-    return _run(o, plan, cbs, ck_path)
+    if ck_path is None and is_main_process():
+        print(f"run {o.out} had no finished epoch: it starts again from epoch 1 "
+              "with its saved options")
+    return _run(o, plan, cbs, ck_path or False)
 
 # %% ../nbs/10a_train.ipynb #72d1da61
 def load_run(run_dir, device='cpu'):
