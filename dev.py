@@ -54,6 +54,10 @@ def setup():
     # settings.ini holds every requirement with tested ranges; the [dev] extra pins nbdev 2 and its tools.
     sh(PY, '-m', 'pip', 'install', '-q', '--upgrade', 'pip')
     sh(PY, '-m', 'pip', 'install', '-q', '-e', '.[dev]')
+    # nbdev's hooks: Jupyter cleans a notebook on save as nbdev_clean does (jupyter_hooks = True in settings.ini; the
+    # hook goes into ~/.jupyter), and git merges notebooks with nbdev_merge (not possible in a git worktree).
+    r = sh(BIN / 'nbdev_install_hooks', check=False, capture_output=True, text=True)
+    if r.returncode: say('nbdev_install_hooks failed: ' + r.stderr.strip().rsplit('\n', 1)[-1])
     STAMP.write_text(want)
 
 

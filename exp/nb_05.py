@@ -224,7 +224,7 @@ class ProgressCallback(Callback):
         show = (IN_NOTEBOOK or sys.stdout.isatty()) if self.show is None else self.show
         self.mbar = master_bar(range(self.epochs)) if show else None
         if self.mbar is None: return
-        self.mbar.on_iter_begin()
+        self.mbar.update(0)   # the bar's one display: fastprogress makes it on the first update
         self.old_logger, self.run.logger = self.run.logger, self.write
 
     def write(self, *items): self.mbar.write([str(o).strip() for o in items], table=True)
@@ -242,8 +242,7 @@ class ProgressCallback(Callback):
 
     def after_fit(self):
         if self.mbar is None: return
-        self.mbar.update(self.epochs)
-        self.mbar.on_iter_end()
+        self.mbar.update(self.epochs)   # the last update ends the bar: its display becomes the table
         self.run.logger = self.old_logger
 
 class TextLogger(Callback):
