@@ -7,7 +7,7 @@
     python3 dev.py test-nb nbs/NN_*.ipynb       run one notebook's tests (nbdev_test, small sizes)
     python3 dev.py bench                        CPU benchmarks (Runner vs bare loop, data pipeline, ceiling): tables
     python3 dev.py bench-fastai [options]       exp-train vs fastai 2.8.12's recipe, same data and budget (own venv)
-    python3 dev.py setup                        only create/refresh the virtual environment
+    python3 dev.py setup                        only create/refresh .venv (and nbdev's Jupyter save hook)
 
 Everything is idempotent: the virtual environment `.venv` is created once and refreshed only when settings.ini changes.
 Data: `EXP_DATA` (default ~/exp-data) is where archives go; `EXP_DATA_MIRROR` names a local folder holding the archives

@@ -46,7 +46,8 @@ def main(argv):
     if test: os.environ['IN_TEST'] = '1'
     else: os.environ.pop('IN_TEST', None)
     from execnb.shell import CaptureShell
-    from execnb.nbio import read_nb, write_nb
+    from execnb.nbio import read_nb, nb2dict
+    import nbformat   # writes outputs the way Jupyter does (execnb keeps one-line strings)
     import torch
     has_cuda = torch.cuda.is_available()
     failed = []
@@ -66,7 +67,9 @@ def main(argv):
             failed.append(p); continue
         if not test:
             fd, tmp = tempfile.mkstemp(suffix='.ipynb', dir=p.parent); os.close(fd)
-            write_nb(nb, tmp); os.chmod(tmp, 0o644); os.replace(tmp, p)
+            nbformat.write(nbformat.from_dict(nb2dict(nb)), tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, p)
             os.system(f'"{Path(sys.executable).parent}/nbdev_clean" --fname "{p}"')
             record(p)
         print(f'ok {p} {time.time()-t0:.0f}s', flush=True)
