@@ -3,8 +3,8 @@
 # %% auto #0
 __all__ = ['KNOWN_SHA256', 'WRITE_ERRNOS', 'file_lock', 'n_cores', 'hardware_info', 'ArgError', 'RunSetupError', 'DownloadError',
            'ChecksumError', 'ArchiveError', 'default_data_path', 'data_mirror', 'URLs', 'url_fname', 'file_sha256',
-           'atomic_file', 'write_error', 'atomic_write', 'atomic_save', 'remove_stale_temps', 'progress_iter',
-           'http_fetch', 'download_data', 'safe_extract', 'untar_data']
+           'atomic_file', 'write_error', 'atomic_write', 'atomic_save', 'DamagedFileError', 'torch_load',
+           'remove_stale_temps', 'progress_iter', 'http_fetch', 'download_data', 'safe_extract', 'untar_data']
 
 # %% ../nbs/00a_data_access.ipynb #586f91dd
 from .nb_00 import *
@@ -126,9 +126,72 @@ def atomic_write(path, data):
     data = data.encode() if isinstance(data, str) else data
     return atomic_file(path, lambda f: f.write(data), write_error)
 
+# %% ../nbs/00a_data_access.ipynb #a8a3c7a1
+_SUM = b'exp-crc32 '   # + 8 hex digits: the zip comment that atomic_save adds
+_END = 22              # bytes of a zip's end record: the last that torch.save writes
+
+class _Summed:
+    "File `f` for torch.save: counts a CRC32, holds the zip end record back, keeps write's error."
+    def __init__(self, f): self.f, self.crc, self.end, self.error = f, 0, b'', None
+    def flush(self): self.f.flush()
+
+    def _put(self, b):
+        self.crc = zlib.crc32(b, self.crc)
+        self.f.write(b)
+
+    def write(self, b):
+        try:
+            b = memoryview(b).cast('B')
+            n = len(b)
+            if n < _END: b = memoryview(self.end + b)
+            else: self._put(self.end)
+            self._put(b[:-_END])
+            self.end = bytes(b[-_END:])
+            return n
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def close_zip(self):
+        "Write the end record with its comment: `_SUM` and the CRC32 of all bytes before it."
+        self._put(self.end[:-2] + (len(_SUM) + 8).to_bytes(2, 'little'))
+        self.f.write(_SUM + b'%08x' % self.crc)
+
 def atomic_save(obj, path):
-    "`torch.save` `obj` to `path` whole or not at all."
-    return atomic_file(path, lambda f: torch.save(obj, f), write_error)
+    "`torch.save` `obj` to `path` whole or not at all, with a CRC32 that `torch_load` checks."
+    def write(f):
+        s = _Summed(f)
+        try: torch.save(obj, s)
+        except Exception:
+            if s.error is None: raise
+            raise s.error from None   # what torch's C++ turned into a RuntimeError
+        s.close_zip()
+    return atomic_file(path, write, write_error)
+
+class DamagedFileError(ValueError): "A file cut short, changed on disk, or not what it should be."
+
+def _crc32(f, n):
+    "The CRC32 of the next `n` bytes of file `f`."
+    crc = 0
+    while n > 0 and (b := f.read(min(n, 1 << 22))):
+        crc, n = zlib.crc32(b, crc), n - len(b)
+    return crc
+
+def torch_load(path, fix='restore it from a copy, or write it again'):
+    "`torch.load` file `path` to the CPU, weights only, once its CRC32 (if saved) matches."
+    path, k = Path(path), len(_SUM) + 8
+    with open(path, 'rb') as f:
+        n = max(f.seek(0, os.SEEK_END) - k, 0)
+        f.seek(n)
+        tail = f.read()
+        f.seek(0)
+        if tail.startswith(_SUM) and tail[len(_SUM):] != b'%08x' % _crc32(f, n):
+            raise DamagedFileError(f"{path} is damaged (its bytes do not match the CRC32 saved in "
+                                   f"it: cut short or changed on disk): {fix}")
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise DamagedFileError(f"{path} could not be read ({type(e).__name__}): it is cut short, "
+                               f"damaged or not a torch file: {fix}") from e
 
 # %% ../nbs/00a_data_access.ipynb #246811f4
 file_lock = filelock.FileLock   # file_lock(path, timeout=-1: forever)

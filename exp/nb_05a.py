@@ -10,7 +10,7 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'synth_learner', 'env_int', '
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
 from .nb_05 import *
 reexport(globals(), 'exp.nb_05')
-import contextlib, io, csv, random
+import contextlib, io, csv, random, signal, threading
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 _all_ = ['dist', 'DDP']
@@ -119,14 +119,12 @@ def check_state_fits(ck_sd, sd, what):
     if diffs: raise ValueError(f"{what}: {'; '.join(diffs[:3])}")
 
 def read_checkpoint(path):
-    "The dict in checkpoint file `path`, loaded on the CPU."
+    "The dict in checkpoint file `path`, its CRC32 checked, loaded on the CPU."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no checkpoint file at {path}")
-    try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} could not be read as a checkpoint: damaged or not torch's") from e
+    ck = torch_load(path, fix="restore it from a copy, or start the run again")
     if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by CheckpointCallback")
+        raise DamagedFileError(f"{path} is not a checkpoint written by CheckpointCallback")
     return ck
 
 def load_checkpoint(path, model, opt=None):
@@ -195,11 +193,22 @@ class CheckpointCallback(Callback):
         if is_main_process(): atomic_save(ck, self.path)
 
     def after_fit(self):
-        run, ctrl_c = self.run, isinstance(sys.exc_info()[1], KeyboardInterrupt)
-        if self.done is not None and ctrl_c and is_main_process():
-            ck = self.state(interrupted={'epoch': run.epoch, 'iter': run.iter})
-            atomic_save(ck, interrupted_path(self.path))
+        run, ip, exc = self.run, interrupted_path(self.path), sys.exc_info()[1]
+        main = is_main_process() and self.done is not None
+        if main and exc is None and self.done == run.epochs: ip.unlink(missing_ok=True)   # stale
+        if main and isinstance(exc, KeyboardInterrupt):
+            with _ctrl_c_ignored():
+                atomic_save(self.state(interrupted={'epoch': run.epoch, 'iter': run.iter}), ip)
         self.done = None
+
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    "Ignore SIGINT inside (main thread only): a second Ctrl-C does not cut a file."
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try: yield
+    finally:
+        if old is not None: signal.signal(signal.SIGINT, old)
 
 # %% ../nbs/05a_checkpoints.ipynb #96c19fcc
 def check_run_dir(out):
@@ -355,5 +364,5 @@ def settle_failed_run(out, exc=None, created=True):
         note = (f"no epoch finished, so the run folder {out} was removed: the same folder can "
                 "be used again")
     if exc is not None: exc.add_note(note)
-    print(note, file=sys.stderr)
+    print(note)
     return note

@@ -143,7 +143,7 @@ def cli_call(parser, f, flags=None):
         if e.arg in flags: parser.error(f"argument {flags[e.arg]}: {e.why} (got {e.value})")
         fail(e)
     except ImageFolderError as e: parser.error(f"argument {flags.get('data', 'data')}: {e}")
-    except RunSetupError as e: fail(e)
+    except (RunSetupError, DamagedFileError) as e: fail(e)
     except TrainingDiverged as e:
         fail(f"training diverged: loss is {e.value} at epoch {e.epoch}, batch {e.batch}. "
              f"Lower {flags.get('lr', 'the learning rate')} (or check the images)")
@@ -152,7 +152,8 @@ def cli_call(parser, f, flags=None):
         if e.path is None: fail(e)   # raised again by a DataLoader worker
         fail(f"cannot read the image file {e.path} ({e.reason}). Delete it, or replace it.")
     except OSError as e:   # with an `.arg` (05a's cannot_create): a bad option
-        arg = getattr(e, 'arg', None)
-        if arg in flags: parser.error(f"argument {flags[arg]}: {e.strerror or e}")
+        arg, msg = getattr(e, 'arg', None), e.strerror or str(e)
+        if e.filename is not None: msg = f"{msg}: {e.filename}"
+        if arg in flags: parser.error(f"argument {flags[arg]}: {msg}")
         if e.errno not in WRITE_ERRNOS: raise
-        fail(e.strerror or e)
+        fail(msg)

@@ -574,8 +574,8 @@ def test_failure_after_a_finished_epoch_is_resumable(exc, tiny, tmp_path, capsys
     with pytest.raises(exc) as e: train(tiny, out=out, cbs=[Raiser(exc, 'after_pred', epoch=1, it=0)], **{**TRAIN_KW, 'epochs': 2})
     hint = f"the run folder {out} keeps checkpoint.pt (1 finished epoch(s)): resume the run from it"
     how = f"continue with resume_train('{out}') (from a shell: exp-train --resume {out})"   # names the command
-    notes, err = ' '.join(e.value.__notes__), capsys.readouterr().err
-    assert hint in notes and hint in err and how in notes and how in err
+    notes, cap = ' '.join(e.value.__notes__), capsys.readouterr()
+    assert hint in notes and hint in cap.out and how in notes and how in cap.out + cap.err   # notices, not errors: stdout
     assert (out / 'checkpoint.pt').is_file() and not (out / 'model.pt').exists()
     assert nb10a.resume_train(out, device='cpu', workers=0, progress=False) == out
     assert [r['epoch'] for r in json.loads((out / 'metrics.json').read_text())] == [1, 2]
