@@ -334,7 +334,8 @@ def resume_config(run_dir, check=None):
         raise bad(f"the run already finished all {ck['epochs']} epochs; nothing to resume")
     saved = ck['config']
     if saved is not None and saved != cfg:
-        diff = sorted(k for k in set(cfg) | set(saved) if cfg.get(k) != saved.get(k))
+        keys = (set(cfg) | set(saved)) - {'n_train', 'n_valid', 'data_changes'}   # data may grow
+        diff = sorted(k for k in keys if cfg.get(k) != saved.get(k))
         warnings.warn(f"config.json differs from the config saved in {ck_path.name} in {diff}")
     return cfg, ck_path
 

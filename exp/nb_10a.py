@@ -155,11 +155,15 @@ def _fit(data, o, plan, resume, cbs, teacher):
     return out
 
 def _settle(out, e, created):
-    "Settle a failed run's folder; say how to resume it."
-    if 'resume the run' in settle_failed_run(out, e, created=created):
+    "Settle a failed run's folder; say how to resume or finish it."
+    note, how = settle_failed_run(out, e, created=created), None
+    if 'resume the run' in note:
         how = f"continue with resume_train('{out}') (from a shell: exp-train --resume {out})"
+    elif 'epochs finished' in note:
+        how = f"resume_train('{out}') (exp-train --resume {out}) writes model.pt from it"
+    if how:
         e.add_note(how)
-        print(how, file=sys.stderr)
+        print(how)
 
 def _check_data(out, data, ck_path):
     "Refuse classes run `out` did not learn; state and record a changed image count."
@@ -280,9 +284,7 @@ def load_run(run_dir, device='cpu'):
     if not (p.is_file() or p.suffix == '.pt'): p = p / 'model.pt'
     bad = lambda why: ArgError('run_dir', str(p), f"{why}: pass a run folder that `train` wrote")
     if not p.is_file(): raise bad('not found')
-    try: info = torch.load(p, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise bad(f"could not be read ({type(e).__name__}): truncated, damaged or not a torch file")
+    info = torch_load(p, fix="pass a run folder that `train` wrote")   # checks its CRC32
     if not isinstance(info, dict) or info.get('format') != FORMAT:
         raise bad(f"is not a model.pt of format {FORMAT} (a bare state_dict, another version's)")
     model = make_model(info['arch'], 3, len(info['vocab']), bcd=info['bcd'], act=info['act'])

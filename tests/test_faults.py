@@ -414,7 +414,7 @@ def _checkpoint(kind, info, good):
 
 
 INCOMPATIBLE = {'missing': 'not found', 'other_arch': 'its weights do not fit', 'other_class_count': '(2, 256) in the checkpoint vs (3, 256)',
-                'bare_state_dict': 'is not a model.pt of format', 'truncated': 'truncated, damaged or not a torch file'}
+                'bare_state_dict': 'is not a model.pt of format', 'truncated': 'cut short, damaged or not a torch file'}
 
 
 @pytest.mark.parametrize('kind', list(INCOMPATIBLE))
@@ -582,11 +582,11 @@ def test_failure_after_a_finished_epoch_is_resumable(exc, tiny, tmp_path, capsys
 
 
 def test_cli_user_is_told_the_resume_command(tiny, tmp_path, capsys, monkeypatch):
-    "exp-train stopped by Ctrl-C after a finished epoch: exit 130, and stderr names the command that continues the run."
+    "exp-train stopped by Ctrl-C after a finished epoch: exit 130, and stdout names the command that continues the run."
     out, train0 = tmp_path / 'run', nb10a.train
     monkeypatch.setattr(nb10a, 'train', lambda **kw: train0(cbs=[Raiser(KeyboardInterrupt, 'after_pred', epoch=1, it=0)], **kw))
     with pytest.raises(SystemExit) as e: nb10a.train_cli(['--data', str(tiny), '--out', str(out), *CLI_ARGS, '--epochs', '2'])
-    assert e.value.code == 130 and f"exp-train --resume {out}" in capsys.readouterr().err
+    assert e.value.code == 130 and f"exp-train --resume {out}" in capsys.readouterr().out   # a notice
     assert nb10a.train_cli(['--resume', str(out), '--no-progress']) is None and (out / 'model.pt').is_file()
 
 
@@ -660,7 +660,7 @@ def test_bs_larger_than_training_set(tiny, tmp_path, capsys):
 
 
 def test_failure_writing_model_after_training_keeps_weights(tiny, tmp_path, monkeypatch):
-    "Every epoch done, then model.pt cannot be written: the folder keeps checkpoint.pt and the note does not suggest --resume."
+    "Every epoch done, then model.pt cannot be written: the folder keeps checkpoint.pt and the note says --resume writes model.pt from it."
     real = nb10a.atomic_save
     def save(obj, path):
         if Path(path).name == 'model.pt': raise OSError(errno.ENOSPC, 'No space left on device')
@@ -669,7 +669,7 @@ def test_failure_writing_model_after_training_keeps_weights(tiny, tmp_path, monk
     out = tmp_path / 'run'
     with pytest.raises(OSError) as e: train(tiny, out=out, **TRAIN_KW)
     notes = ' '.join(e.value.__notes__)
-    assert 'all 1 epochs finished' in notes and 'checkpoint.pt' in notes and '--resume' not in notes
+    assert 'all 1 epochs finished' in notes and 'checkpoint.pt' in notes and f'--resume {out}) writes model.pt' in notes
     assert nb10a.read_checkpoint(out / 'checkpoint.pt')['epoch'] == 1 and not (out / 'model.pt').exists()
 
 @pytest.mark.parametrize('pipeline', ['per-item', 'fast'])

@@ -97,15 +97,14 @@ def test_model_pt_carries_a_crc32(finished, tmp_path):
     with pytest.raises(DamagedFileError, match='model.pt is damaged'): torch_load(m)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 10a's load_run calls torch.load, not torch_load: exp-predict reads a damaged "
-                                       "model.pt (the fix is one line in 10a; remove this marker with it)")
 def test_predict_refuses_damaged_model_pt(finished, tiny, tmp_path, capsys):
     run = tmp_path / 'run'
     run.mkdir()
     (run / 'model.pt').write_bytes((finished / 'model.pt').read_bytes())
     damage(run / 'model.pt', 'flip')
     with pytest.raises(SystemExit) as e: predict_cli([str(run), str(tiny / 'val' / 'ant' / '0.jpg')])
-    assert e.value.code == 2 and 'damaged' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and 'model.pt is damaged' in err and len(err.splitlines()) == 1
 
 
 # ======================================================================================= a full disk

@@ -153,7 +153,7 @@ MACHINE_PATH = re.compile(r'(/root/|/tmp/|/work/|/home/)')
 PIPE_TABLE = re.compile(r'^[ \t]*(\|[ \t]*:?-{3,}|:?-{3,}:?[ \t]*\|)', re.M)   # |---|---| line
 PLAIN = ('text/plain', 'stream stdout', 'stream stderr')
 ALLOWED_STDERR = {}   # (notebook, cell id): why the chapter shows this stderr text
-OTHER_BRANCH = {'10_bag_of_tricks.ipynb', '10a_train.ipynb'}
+OTHER_BRANCH = {'10_bag_of_tricks.ipynb'}
 
 
 def _text(v): return ''.join(v) if isinstance(v, list) else v
