@@ -225,9 +225,11 @@ def mapped_databunch(sd, size, bs, device=None, stats=None, cache_dir=None, num_
     device = default_device() if device is None else torch.device(device)
     plan = [('train', sd.train, crop, train_cache_size(size, crop)),
             ('valid', sd.valid, 'square', round(VAL_ZOOM * size))]
-    home = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'exp'
-    maps = [mapped_images(ld.x.items, cs, _cache_file(ld.x, split, cs, cache_dir, g), num_workers,
-                          g, progress, None if cache_dir else home) for split, ld, g, cs in plan]
+    home, maps = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'exp', []
+    for split, ld, g, cs in plan:   # the validation cache follows the training cache to `home`
+        at = home if maps and maps[0][0].path.parent == home else cache_dir
+        maps.append(mapped_images(ld.x.items, cs, _cache_file(ld.x, split, cs, at, g), num_workers,
+                                  g, progress, None if at else home))
     skipped = [b for _, bad in maps for b in bad]
     if skipped and not skip_bad:
         where = maps[0][0].path.parent   # beside the training cache

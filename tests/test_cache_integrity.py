@@ -166,7 +166,7 @@ def test_unwritable_data_folder_falls_back(data, tmp_path, monkeypatch, capsys):
         d = folder_databunch(data, **kw)
         assert d.n_train == 18, how
         out = capsys.readouterr().out
-        assert out.count(f'cannot be written: the image cache goes to {tmp_path / "xdg" / "exp"}') == 2  # both splits
+        assert out.count(f'cannot be written: the image cache goes to {tmp_path / "xdg" / "exp"}') == 1  # both splits
         assert sorted(f.name[:5] for f in (tmp_path / 'xdg' / 'exp').glob('*.u8')) == ['train', 'valid']
         ro = data / 'train'                                                       # on the read-only mount
         with pytest.raises(OSError) as e: folder_databunch(data, cache_dir=ro / 'cache', **kw)
@@ -201,7 +201,7 @@ def test_other_user_trains_on_shared_read_only_data():
             assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
             return p.stdout
         out = run('r1')                                                           # no cache anywhere yet
-        assert f'cannot be written: the image cache goes to {home / "xdg" / "exp"}' in out
+        assert out.count(f'cannot be written: the image cache goes to {home / "xdg" / "exp"}') == 1
         assert not (root / '.exp-cache').exists() and len(list((home / 'xdg' / 'exp').glob('*.u8'))) == 2
         run('r2', as_other=False)                                                        # the owner builds the shared cache
         for f in (root / '.exp-cache').glob('.*.lock'): f.unlink()
