@@ -72,7 +72,7 @@ def cache_meta(path):
             raise DamagedCacheError(path, 'no end marker: truncated or overwritten')
         n = struct.unpack('<Q', tail[:8])[0]
         f.seek(max(end - 16 - n, 0))
-        try: meta = json.loads(f.read(n))
+        try: meta = json.loads(f.read(n)) if n <= end - 16 else None
         except ValueError: meta = None
     if not _header_ok(meta, end - 16 - n): raise DamagedCacheError(path, 'malformed header')
     return meta
