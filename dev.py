@@ -113,7 +113,7 @@ def test(args):
 
 
 DOCS_VENV = ROOT / '.venv-docs'
-DOCS_TOOLS = ('mkdocs==1.6.1', 'mkdocs-material==9.8.1', 'mkdocs-jupyter==0.26.3')   # README: "The website"
+DOCS_TOOLS = ('mkdocs==1.6.1', 'mkdocs-material==9.7.7', 'mkdocs-jupyter==0.26.3')   # README: "The website"
 
 
 def docs(args):

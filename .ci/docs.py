@@ -19,6 +19,17 @@ from urllib.parse import unquote, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / 'build' / 'docs'
 CSS = '.md-grid { max-width: 1600px; }\n'
+# A chapter's page gets a button that downloads its notebook (mkdocs-jupyter copies it there).
+MAIN_HTML = '''{% extends "base.html" %}
+{% block content %}
+{% if page.file.src_uri.endswith(".ipynb") %}
+<a href="{{ page.file.src_uri }}" download title="Download the notebook"
+   class="md-content__button md-icon">
+{% include ".icons/material/download.svg" %}</a>
+{% endif %}
+{{ super() }}
+{% endblock content %}
+'''
 SHOTS = ('index', '05_anneal', '08_data_block', '10_bag_of_tricks')
 
 
@@ -134,7 +145,6 @@ def _signature(name, obj):
 def _entry(name, obj):
     "One exported name as Markdown: signature or value, docstring, a class's own public methods."
     home = getattr(obj, '__module__', None) or ''
-    if inspect.ismodule(obj): return [f'### `{name}`', '', f'The module `{obj.__name__}`.', '']
     if not callable(obj):
         value = repr(obj)
         value = value if len(value) <= 90 else value[:87] + '...'
@@ -147,7 +157,7 @@ def _entry(name, obj):
     if kind == 'class' and home.startswith('exp.'):
         meths = [(k, _own_doc(v)) for k, v in vars(obj).items()
                  if not k.startswith('_') and inspect.isfunction(v)]
-        lines += [f'- `{k}`: {d.splitlines()[0] if d else ""}' for k, d in meths] + ['']
+        lines += [f'- `{k}`' + (f': {d.splitlines()[0]}' if d else '') for k, d in meths] + ['']
     return lines
 
 
@@ -161,7 +171,11 @@ def reference_page(chaps):
     for stem, num, title in chaps:
         mod = importlib.import_module(f'exp.nb_{num}')
         lines += [f'## `exp.nb_{num}` — [{num} {title}]({stem}.ipynb)', '']
-        for name in _exports(mod): lines += _entry(name, getattr(mod, name))
+        names = _exports(mod)
+        mods = [n for n in names if inspect.ismodule(getattr(mod, n))]
+        if mods: lines += [f'It also exports the modules {", ".join(f"`{n}`" for n in mods)}.', '']
+        for n in names:
+            if n not in mods: lines += _entry(n, getattr(mod, n))
     return '\n'.join(lines) + '\n'
 
 
@@ -182,8 +196,10 @@ def stage(dest=STAGE):
     for stem, _, _ in chaps: stage_notebook(ROOT / 'nbs' / f'{stem}.ipynb', src)
     (src / 'reference.md').write_text(reference_page(chaps), encoding='utf-8')
     (src / 'extra.css').write_text(CSS, encoding='utf-8')
+    (dest / 'overrides').mkdir()
+    (dest / 'overrides' / 'main.html').write_text(MAIN_HTML, encoding='utf-8')
     s = _settings()
-    cfg = {'INHERIT': str(ROOT / 'mkdocs.yml'),
+    cfg = {'INHERIT': str(ROOT / 'mkdocs.yml'), 'theme': {'custom_dir': str(dest / 'overrides')},
            'site_url': s['doc_host'].rstrip('/') + '/' + s['doc_baseurl'].strip('/'),
            'docs_dir': str(src), 'site_dir': str(ROOT / s['doc_path']),
            'nav': [{'Home': 'index.md'},
