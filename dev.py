@@ -7,6 +7,7 @@
     python3 dev.py test-nb nbs/NN_*.ipynb       run one notebook's tests (nbdev_test, small sizes)
     python3 dev.py bench                        CPU benchmarks (Runner vs bare loop, data pipeline, ceiling): tables
     python3 dev.py bench-fastai [options]       exp-train vs fastai 2.8.12's recipe, same data and budget (own venv)
+    python3 dev.py docs [--check]               build the website into _docs/ (tools in their own venv); --check: links
     python3 dev.py setup                        only create/refresh .venv (and nbdev's Jupyter save hook)
 
 Everything is idempotent: the virtual environment `.venv` is created once and refreshed only when settings.ini changes.
@@ -115,7 +116,25 @@ def test(args):
     say(f'all tests passed in {time.time() - t0:.0f}s')
 
 
-COMMANDS = ('setup', 'test', 'train', 'notebooks', 'test-nb', 'bench', 'bench-fastai')
+DOCS_VENV = ROOT / '.venv-docs'
+DOCS_TOOLS = ('mkdocs==1.6.1', 'mkdocs-material==9.7.7', 'mkdocs-jupyter==0.26.3')   # README: "The website"
+
+
+def docs(args):
+    "Build the website into _docs/ (.ci/docs.py); the pinned DOCS_TOOLS live in .venv-docs, installed on first use."
+    py = DOCS_VENV / BIN.name / PY.name
+    stamp = DOCS_VENV / '.exp-docs-stamp'
+    if not (py.exists() and stamp.exists() and stamp.read_text() == ' '.join(DOCS_TOOLS)):
+        t0 = time.time()
+        say(f'installing the docs tools into {DOCS_VENV}')
+        venv.EnvBuilder(with_pip=True, clear=True).create(DOCS_VENV)
+        sh(py, '-m', 'pip', 'install', '-q', *DOCS_TOOLS)
+        stamp.write_text(' '.join(DOCS_TOOLS))
+        say(f'docs tools installed in {time.time() - t0:.0f}s')
+    sh(PY, ROOT / '.ci' / 'docs.py', '--mkdocs', py, *args)
+
+
+COMMANDS = ('setup', 'test', 'train', 'notebooks', 'test-nb', 'bench', 'bench-fastai', 'docs')
 
 
 def main(argv):
@@ -135,6 +154,7 @@ def main(argv):
         sh(PY, ROOT / 'tests' / 'bench_ceiling.py', *[a for a in args if a == '--quick'], env=data_env())
         return
     if cmd == 'bench-fastai': return sh(PY, ROOT / 'tests' / 'bench_fastai.py', *args, env=data_env())
+    if cmd == 'docs': return docs(args)
 
 
 if __name__ == '__main__': main(sys.argv[1:])
