@@ -47,9 +47,16 @@ CACHE_CHUNK = 4 << 20       # at most this many bytes (whole images) per checksu
 
 class DamagedCacheError(RunSetupError):
     "Cache file `.path` is not as it was written (`.why`); the message says what to do."
-    def __init__(self, path, why, fix=None):
-        self.path, self.why = Path(path), why
-        super().__init__(f"image cache {path} is damaged ({why})" + (f": {fix}" if fix else ''))
+    def __init__(self, path, why, read_only=False):
+        self.path, self.why, self.read_only = Path(path), why, read_only
+        super().__init__(self.describe())
+
+    def describe(self, cache_dir='cache_dir'):
+        "The message, naming the option `cache_dir`."
+        fix = (": its folder cannot be written: delete the file (or ask its owner to), or pass "
+               f"another {cache_dir}") if self.read_only else ''
+        return f"image cache {self.path} is damaged ({self.why}){fix}"
+    def __reduce__(self): return type(self), (self.path, self.why, self.read_only)
 
 def _header_ok(m, nbytes):
     "True when header `m` is well formed for `nbytes` bytes of images."
@@ -175,9 +182,7 @@ def mapped_images(files, size, cache_file, num_workers=None, geometry='square', 
         try: meta = _build(files, size, cache_file, fp, num_workers, geometry, progress)
         except OSError as e:
             if e.errno not in _NO_ACCESS: raise
-            fix = ("its folder cannot be written: delete the file (or ask its owner to), or pass "
-                   "another cache_dir")
-            if damaged: raise DamagedCacheError(cache_file, damaged.why, fix) from e
+            if damaged: raise DamagedCacheError(cache_file, damaged.why, read_only=True) from e
             if fallback is None: raise
             print(f'{cache_file.parent} cannot be written: the image cache goes to {fallback}')
             return mapped_images(files, size, Path(fallback) / cache_file.name, num_workers,

@@ -143,6 +143,7 @@ def cli_call(parser, f, flags=None):
         if e.arg in flags: parser.error(f"argument {flags[e.arg]}: {e.why} (got {e.value})")
         fail(e)
     except ImageFolderError as e: parser.error(f"argument {flags.get('data', 'data')}: {e}")
+    except DamagedCacheError as e: fail(e.describe(flags.get('cache_dir', 'cache_dir')))
     except (RunSetupError, DamagedFileError) as e: fail(e)
     except TrainingDiverged as e:
         fail(f"training diverged: loss is {e.value} at epoch {e.epoch}, batch {e.batch}. "

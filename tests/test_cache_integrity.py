@@ -144,6 +144,7 @@ def test_cli_damaged_read_only_cache_one_line(data, tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.count('\n') == 1, err
     assert err.startswith(f'exp-train: error: image cache {cf} is damaged (') and 'delete the file' in err
+    assert 'another --cache-dir' in err   # the CLI names its flag, not the Python argument
     assert not (tmp_path / 'r2').exists() or not any((tmp_path / 'r2').iterdir())
 
 
