@@ -10,7 +10,7 @@ __all__ = ['image_extensions', 'CategoryProcesser', 'imagenette_stats', 'mean', 
 # %% ../nbs/08_data_block.ipynb #6fc665fd
 from .nb_07 import *
 reexport(globals(), 'exp.nb_07')
-import PIL, PIL.Image
+import PIL, PIL.Image, PIL.ImageOps
 _all_ = ['PIL']
 
 # %% ../nbs/08_data_block.ipynb #372e63e5
@@ -85,12 +85,23 @@ class UnreadableImageError(ValueError):
         super().__init__(path if reason is None else
                          f"Cannot read image file '{path}': {reason}. Replace or delete the file.")
 
+def _over_limit(w, h):
+    "Why a `w`×`h` image is refused (more pixels than PIL allows), else None."
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    if limit and w * h > limit:
+        return f'{w}x{h} pixels, over the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)'
+
+# open_image refuses what PIL would only warn about
+warnings.filterwarnings('ignore', category=PIL.Image.DecompressionBombWarning)
+
 def open_image(fn):
-    "Image file `fn` opened and decoded by PIL, or an UnreadableImageError."
+    "Image file `fn` decoded by PIL, upright by its EXIF orientation, or an UnreadableImageError."
     with open(fn, 'rb') as f:
         try:
-            im = PIL.Image.open(f)
+            im = PIL.Image.open(f)   # reads the header only
+            if too_big := _over_limit(*im.size): raise PIL.Image.DecompressionBombError(too_big)
             im.load()
+            PIL.ImageOps.exif_transpose(im, in_place=True)
         except Exception as e: raise UnreadableImageError(fn, f'{type(e).__name__}: {e}') from e
     return im
 

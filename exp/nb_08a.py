@@ -9,7 +9,8 @@ __all__ = ['DECODERS', 'VAL_ZOOM', 'IMAGENETTE_CLASSES', 'subset_per_class', 'im
 # %% ../nbs/08a_fast_pipeline.ipynb #fb8fba34
 from .nb_08 import *
 reexport(globals(), 'exp.nb_08')   # pass on every name of the chapters before
-import PIL.Image, multiprocessing as mp, collections, copy
+from .nb_08 import _over_limit
+import PIL.Image, multiprocessing as mp, collections, copy, io
 import torchvision.transforms.v2.functional as TVF
 try: from torchvision.io import decode_jpeg, ImageReadMode
 except ImportError: decode_jpeg = None   # every file takes the PIL route
@@ -51,12 +52,18 @@ class CenterSquare(Transform):
     def __repr__(self): return f'{type(self).__name__}({self.size})'
 
 # %% ../nbs/08a_fast_pipeline.ipynb #a0bfbce1
+def _header_fits(data):
+    "True when PIL reads the header of image bytes `data` and its size is within PIL's limit."
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as im: return not _over_limit(*im.size)
+    except Exception: return False   # open_image names the problem
+
 def decode_rgb(fn):
-    "Image file `fn` as an RGB uint8 tensor (3, H, W): JPEGs by torchvision, others by PIL."
+    "Image file `fn` upright as RGB uint8 (3, H, W): JPEGs by torchvision, others by PIL."
     data = Path(fn).read_bytes()
-    if decode_jpeg is not None and data[:3] == b'\xff\xd8\xff':
+    if decode_jpeg is not None and data[:3] == b'\xff\xd8\xff' and _header_fits(data):
         data = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        try: return decode_jpeg(data, mode=ImageReadMode.RGB)
+        try: return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
         except RuntimeError: pass   # broken: PIL names the problem
     return to_byte_tensor(make_rgb(open_image(fn)))
 
@@ -74,10 +81,12 @@ def decode_whole(fn, size):
     return TVF.resize(decode_rgb(fn), [size, size], antialias=True)
 
 def _aspect(fn):
-    "Width / height of image file `fn` (1 if unreadable)."
+    "Width / height of image file `fn` as shown, after its EXIF orientation (1 if unreadable)."
     try:
-        with PIL.Image.open(fn) as im: return im.size[0] / im.size[1]
-    except (OSError, ValueError): return 1.
+        with PIL.Image.open(fn) as im:
+            (w, h), turn = im.size, im.getexif().get(0x0112) in (5, 6, 7, 8)   # 90° turns
+        return h / w if turn else w / h
+    except Exception: return 1.   # the decoders name the problem
 
 def image_aspects(files):
     "Width / height of each image file, from its header: a float tensor (N,)."
@@ -91,7 +100,7 @@ def _decode(args):
     return DECODERS[geometry](fn, size)
 
 # %% ../nbs/08a_fast_pipeline.ipynb #f7b52123
-_CACHE_DECODER = 'torchvision-jpeg-1'
+_CACHE_DECODER = 'torchvision-jpeg-2'   # 2: EXIF orientation
 
 def source_fingerprint(files, size, geometry='square'):
     "SHA-256 of the files' paths and stats, `size`, `geometry` and the decoder."
