@@ -91,14 +91,17 @@ def _over_limit(w, h):
     if limit and w * h > limit:
         return f'{w}x{h} pixels, over the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)'
 
-# open_image refuses what PIL would only warn about
-warnings.filterwarnings('ignore', category=PIL.Image.DecompressionBombWarning)
+def _pil_open(f):
+    "`PIL.Image.open(f)` (the header only), quiet about sizes `_over_limit` refuses anyway."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+        return PIL.Image.open(f)
 
 def open_image(fn):
     "Image file `fn` decoded by PIL, upright by its EXIF orientation, or an UnreadableImageError."
     with open(fn, 'rb') as f:
         try:
-            im = PIL.Image.open(f)   # reads the header only
+            im = _pil_open(f)
             if too_big := _over_limit(*im.size): raise PIL.Image.DecompressionBombError(too_big)
             im.load()
             PIL.ImageOps.exif_transpose(im, in_place=True)

@@ -9,7 +9,7 @@ __all__ = ['DECODERS', 'VAL_ZOOM', 'IMAGENETTE_CLASSES', 'subset_per_class', 'im
 # %% ../nbs/08a_fast_pipeline.ipynb #fb8fba34
 from .nb_08 import *
 reexport(globals(), 'exp.nb_08')   # pass on every name of the chapters before
-from .nb_08 import _over_limit
+from .nb_08 import _over_limit, _pil_open
 import PIL.Image, multiprocessing as mp, collections, copy, io
 import torchvision.transforms.v2.functional as TVF
 try: from torchvision.io import decode_jpeg, ImageReadMode
@@ -55,7 +55,7 @@ class CenterSquare(Transform):
 def _header_fits(data):
     "True when PIL reads the header of image bytes `data` and its size is within PIL's limit."
     try:
-        with PIL.Image.open(io.BytesIO(data)) as im: return not _over_limit(*im.size)
+        with _pil_open(io.BytesIO(data)) as im: return not _over_limit(*im.size)
     except Exception: return False   # open_image names the problem
 
 def decode_rgb(fn):
@@ -83,7 +83,7 @@ def decode_whole(fn, size):
 def _aspect(fn):
     "Width / height of image file `fn` as shown, after its EXIF orientation (1 if unreadable)."
     try:
-        with PIL.Image.open(fn) as im:
+        with _pil_open(fn) as im:
             (w, h), turn = im.size, im.getexif().get(0x0112) in (5, 6, 7, 8)   # 90° turns
         return h / w if turn else w / h
     except Exception: return 1.   # the decoders name the problem

@@ -18,7 +18,6 @@ from exp.nb_10a import _predict_tfms
 TURN = {2: Transpose.FLIP_LEFT_RIGHT, 3: Transpose.ROTATE_180, 4: Transpose.FLIP_TOP_BOTTOM,
         5: Transpose.TRANSPOSE, 6: Transpose.ROTATE_270, 7: Transpose.TRANSVERSE, 8: Transpose.ROTATE_90}
 UNDO = {**TURN, 6: Transpose.ROTATE_90, 8: Transpose.ROTATE_270}   # how a camera stores an upright scene
-pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")   # pytest drops exp's own filter
 STATS = ([0.5] * 3, [0.25] * 3)
 
 
