@@ -335,7 +335,7 @@ def ablation_summary(runs):
     return [row(k, v) for k, v in out.items()]
 
 def run_ablation(data, configs, epochs, seeds=(0,), device=None, teacher=None, logger=print):
-    "Train each (name, TrickConfig) once per seed; print the means, return the runs and curves."
+    "Train each (name, TrickConfig) once per seed; return the runs, with their curves."
     runs = []
     for name, cfg in configs:
         for seed in seeds:
@@ -354,6 +354,4 @@ def run_ablation(data, configs, epochs, seeds=(0,), device=None, teacher=None, l
                              losses=list(run.recorder.losses)))
             logger(f"{name:45s} seed {seed}  valid acc {runs[-1]['valid_acc']:.4f}  "
                    f"({secs / epochs:.1f} s/epoch)")
-    cols = ['recipe', 'seeds', 'valid_acc', 'spread', 'sec_per_epoch']
-    print(markdown_table(ablation_summary(runs), cols))
     return runs
