@@ -153,7 +153,6 @@ MACHINE_PATH = re.compile(r'(/root/|/tmp/|/work/|/home/)')
 PIPE_TABLE = re.compile(r'^[ \t]*(\|[ \t]*:?-{3,}|:?-{3,}:?[ \t]*\|)', re.M)   # |---|---| line
 PLAIN = ('text/plain', 'stream stdout', 'stream stderr')
 ALLOWED_STDERR = {}   # (notebook, cell id): why the chapter shows this stderr text
-OTHER_BRANCH = {'10_bag_of_tricks.ipynb'}
 
 
 def _text(v): return ''.join(v) if isinstance(v, list) else v
@@ -182,12 +181,7 @@ def output_faults(path):
     return faults
 
 
-def _nb_param(p):
-    mark = pytest.mark.xfail(strict=False, reason='fixed on another branch')
-    return pytest.param(p, id=p.name, marks=[mark] if p.name in OTHER_BRANCH else [])
-
-
-@pytest.mark.parametrize('path', [_nb_param(p) for p in NBS])
+@pytest.mark.parametrize('path', NBS, ids=lambda p: p.name)
 def test_saved_outputs_read_well(path):
     "No stderr, no pipe table shown as text, no machine path in a notebook's saved outputs."
     assert output_faults(path) == []
