@@ -242,7 +242,7 @@ class ProgressCallback(Callback):
 
     def after_fit(self):
         if self.mbar is None: return
-        self.mbar.update(self.epochs)   # the last update ends the bar: its display becomes the table
+        self.mbar.update(self.epochs)   # the last update turns the bar into the table
         self.run.logger = self.old_logger
 
 class TextLogger(Callback):
