@@ -348,22 +348,24 @@ def resume_rows(saved, history, done):
 
 # %% ../nbs/05a_checkpoints.ipynb #32395226
 def settle_failed_run(out, exc=None, created=True):
-    "Keep a failed run's folder if it holds finished epochs, else remove it."
+    "Keep a failed run's folder if an epoch ended, else remove it: 'kept', 'finished', 'removed'."
     out, ck = Path(out), Path(out) / CHECKPOINT_NAME
     if ck.is_file():
         try: d = read_checkpoint(ck)
         except (OSError, ValueError): d = None
-        if d is not None and d['epoch'] >= d['epochs']:
+        state = 'finished' if d is not None and d['epoch'] >= d['epochs'] else 'kept'
+        if state == 'finished':
             note = (f"all {d['epochs']} epochs finished; the run folder {out} keeps the trained "
                     f"weights in {CHECKPOINT_NAME}, but writing the final files failed")
         else:
             done = 'an unreadable checkpoint' if d is None else f"{d['epoch']} finished epoch(s)"
             note = f"the run folder {out} keeps {CHECKPOINT_NAME} ({done}): resume the run from it"
     else:
+        state = 'removed'
         shutil.rmtree(out, ignore_errors=True)
         if not created: out.mkdir(exist_ok=True)
         note = (f"no epoch finished, so the run folder {out} was removed: the same folder can "
                 "be used again")
     if exc is not None: exc.add_note(note)
     print(note)
-    return note
+    return state

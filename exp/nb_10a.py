@@ -156,10 +156,10 @@ def _fit(data, o, plan, resume, cbs, teacher):
 
 def _settle(out, e, created):
     "Settle a failed run's folder; say how to resume or finish it."
-    note, how = settle_failed_run(out, e, created=created), None
-    if 'resume the run' in note:
+    state, how = settle_failed_run(out, e, created=created), None
+    if state == 'kept':
         how = f"continue with resume_train('{out}') (from a shell: exp-train --resume {out})"
-    elif 'epochs finished' in note:
+    elif state == 'finished':
         how = f"resume_train('{out}') (exp-train --resume {out}) writes model.pt from it"
     if how:
         e.add_note(how)
