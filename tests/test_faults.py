@@ -356,7 +356,8 @@ def test_keyboard_interrupt_mid_epoch():
     Runner().fit(1, learn)                                                   # the same learner trains again
 
 
-def test_keyboard_interrupt_during_train_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
+def test_keyboard_interrupt_during_train_leaves_no_partial_file(run_a, tiny, tmp_path, monkeypatch):
+    # run_a has built tiny's image cache, so the data folder's snapshot is the same before and after this run
     seen = {}
     def build_with_ctrl_c(*args, cbs=None, **kwargs):
         learn, run = real_build(*args, cbs=[*(cbs or []), Raiser(KeyboardInterrupt, 'after_backward', epoch=0, it=0)], **kwargs)
@@ -508,8 +509,9 @@ def test_full_output_folder_message_names_file(run_a, tmp_path, full_disk):
     assert e.value.errno == errno.ENOSPC and 'Free some disk space' in str(e.value)   # errno kept, the fix given
 
 
-def test_full_disk_during_training_cli(tiny, tmp_path, full_disk, capsys):
+def test_full_disk_during_training_cli(run_a, tiny, tmp_path, full_disk, capsys):
     "exp-train on a full disk: exit status 1 and one message naming the file (no traceback); no epoch finished, no folder."
+    # run_a (module scope, made before the disk fills) has built tiny's image cache: the run's own files hit the full disk
     out = tmp_path / 'run'
     with pytest.raises(SystemExit) as e: train_cli(['--data', str(tiny), '--out', str(out), *CLI_ARGS])
     err = capsys.readouterr().err
