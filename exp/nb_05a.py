@@ -5,7 +5,7 @@ __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'synth_learner', 'env_int', '
            'broadcast_object', 'set_seed', 'get_rng_states', 'set_rng_states', 'loader_state', 'set_loader_state',
            'interrupted_path', 'check_state_fits', 'read_checkpoint', 'load_checkpoint', 'CheckpointCallback',
            'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger', 'plot_run', 'epoch_rows', 'MarkdownTable',
-           'markdown_table', 'resume_config', 'resume_rows', 'settle_failed_run', 'dist', 'DDP']
+           'markdown_table', 'NothingToResume', 'resume_config', 'resume_rows', 'settle_failed_run', 'dist', 'DDP']
 
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
 from .nb_05 import *
@@ -313,6 +313,13 @@ def markdown_table(rows, cols):
     return MarkdownTable('\n'.join(lines + [line(_fmt(r.get(c, '')) for c in cols) for r in rows]))
 
 # %% ../nbs/05a_checkpoints.ipynb #c6321ca8
+class NothingToResume(ArgError):
+    "Run `value` has nothing to resume: `.state` 'unstarted' (no checkpoint) or 'finished'."
+    def __init__(self, run_dir, why, state, config):
+        super().__init__('run_dir', str(run_dir), why)
+        self.state, self.config = state, config
+    def __reduce__(self): return type(self), (self.value, self.why, self.state, self.config)
+
 def resume_config(run_dir, check=None):
     "The config and checkpoint path of the stopped run in `run_dir`; `check(config)` runs first."
     run_dir = Path(run_dir)
@@ -326,12 +333,14 @@ def resume_config(run_dir, check=None):
     if check is not None: check(cfg)
     if not ck_path.is_file():
         ip = interrupted_path(ck_path)
-        hint = (f"only {ip.name} (mid-epoch, on Ctrl-C): resume from it explicitly" if ip.is_file()
-                else "the run stopped before its first checkpoint: start it again")
-        raise bad(f"no {CHECKPOINT_NAME}; {hint}")
+        if ip.is_file(): raise bad(f"no {CHECKPOINT_NAME}; only {ip.name} (mid-epoch, on Ctrl-C): "
+                                   "resume from it explicitly")
+        raise NothingToResume(run_dir, f"no {CHECKPOINT_NAME}; the run stopped before its first "
+                              "checkpoint: start it again", 'unstarted', cfg)
     ck = read_checkpoint(ck_path)
     if ck['epoch'] >= ck['epochs']:
-        raise bad(f"the run already finished all {ck['epochs']} epochs; nothing to resume")
+        raise NothingToResume(run_dir, f"the run already finished all {ck['epochs']} epochs; "
+                              "nothing to resume", 'finished', cfg)
     saved = ck['config']
     if saved is not None and saved != cfg:
         keys = (set(cfg) | set(saved)) - {'n_train', 'n_valid', 'data_changes'}   # data may grow

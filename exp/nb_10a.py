@@ -227,17 +227,13 @@ def _check_format(run_dir, config):
 
 def _stopped_run(run_dir):
     "Config, checkpoint (None: no epoch ended) and whether all epochs ended, of run `run_dir`."
-    run_dir, seen = Path(run_dir), []
+    run_dir = Path(run_dir)
     if (run_dir / 'config.json').is_file():   # a run in use is refused whatever its state
         with run_dir_lock(run_dir if is_main_process() else None): pass
-    def check(config):
-        _check_format(run_dir, config)
-        seen.append(config)
-    ck = run_dir / CHECKPOINT_NAME
-    try: return *resume_config(run_dir, check=check), False
-    except ArgError:   # past `check`: no checkpoint yet, or every epoch done
-        if seen and not (ck.exists() or interrupted_path(ck).exists()): return seen[0], None, False
-        if seen and ck.is_file() and not (run_dir / 'model.pt').exists(): return seen[0], ck, True
+    try: return *resume_config(run_dir, check=partial(_check_format, run_dir)), False
+    except NothingToResume as e:   # killed before its first checkpoint, or model.pt not written
+        if e.state == 'unstarted': return e.config, None, False
+        if not (run_dir / 'model.pt').exists(): return e.config, run_dir / CHECKPOINT_NAME, True
         raise
 
 def _resumed(run_dir, free):
