@@ -168,6 +168,16 @@ def test_running_batchnorm_untrained_and_momentum():
     assert_close(RunningBatchNorm(6).batch_mom(2), 0.1)
     assert RunningBatchNorm(6).batch_mom(256) > 0.9
 
+def test_running_batchnorm_gradients_flow():
+    rbn, x = RunningBatchNorm(6), torch.randn(2, 6, 4, 4, requires_grad=True)
+    rbn(x).pow(2).sum().backward()
+    assert x.grad.abs().sum() > 0 and rbn.weight.grad is not None and torch.isfinite(x.grad).all()
+
+def test_is_lin_layer():
+    from exp.nb_07 import GeneralRelu
+    layers = nn.Conv1d(1, 1, 1), nn.Conv3d(1, 1, 1), nn.Linear(2, 2), GeneralRelu(), nn.BatchNorm2d(2)
+    assert [is_lin_layer(l) for l in layers] == [True, True, True, False, False]
+
 def test_batchnorm_needs_two_values_per_channel():
     with pytest.raises(ValueError, match='1 value per channel'): BatchNorm(6).train()(torch.randn(1, 6, 1, 1))
 

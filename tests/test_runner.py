@@ -425,3 +425,9 @@ def test_cancelled_batch_drops_its_gradient():
         ref.opt.zero_grad()
     for a, b in zip(weights(learn.model), weights(ref.model)):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_cancel_exceptions_are_not_errors_callers_catch():
+    "`except ValueError` or `except RuntimeError` around a fit must not swallow a cancellation."
+    for e in (nb05.CancelTrainException, nb05.CancelEpochException, CancelBatchException):
+        assert issubclass(e, Exception) and not issubclass(e, (ValueError, RuntimeError)) and e.__doc__
