@@ -115,7 +115,7 @@ _NO_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
 WRITE_ERRNOS = _NO_SPACE + (errno.EFBIG,) + _NO_ACCESS
 
 def write_error(e, path, arg=None):
-    "The OSError for `e` writing `path`: same errno, the file, the fix; `.arg`: the option to change."
+    "The OSError for `e` writing `path`: same errno, the file, the fix, `.arg` the option to blame."
     fix = ('Free some disk space' if e.errno in _NO_SPACE else
            'Choose a folder you can write to' if e.errno in _NO_ACCESS else 'Check the path')
     msg = f"{e.strerror or e} while writing {path}: nothing was written. {fix}, then run again"
