@@ -8,7 +8,7 @@ __all__ = ['KNOWN_SHA256', 'WRITE_ERRNOS', 'file_lock', 'n_cores', 'hardware_inf
 
 # %% ../nbs/00a_data_access.ipynb #586f91dd
 from .nb_00 import *
-reexport(globals(), 'exp.nb_00')   # pass on every name of the chapters before
+reexport(globals(), 'exp.nb_00')
 import tarfile, zlib, contextlib, errno, glob, http.client
 from pathlib import PureWindowsPath
 import urllib.request, urllib.error, urllib.parse
@@ -114,12 +114,14 @@ _NO_SPACE = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
 _NO_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
 WRITE_ERRNOS = _NO_SPACE + (errno.EFBIG,) + _NO_ACCESS
 
-def write_error(e, path):
-    "The OSError for `e` writing `path`: same errno, the file, the fix."
+def write_error(e, path, arg=None):
+    "The OSError for `e` writing `path`: same errno, the file, the fix, `.arg` the option to blame."
     fix = ('Free some disk space' if e.errno in _NO_SPACE else
            'Choose a folder you can write to' if e.errno in _NO_ACCESS else 'Check the path')
     msg = f"{e.strerror or e} while writing {path}: nothing was written. {fix}, then run again"
-    return OSError(e.errno, msg) if e.errno is not None else OSError(msg)
+    err = OSError(e.errno, msg) if e.errno is not None else OSError(msg)
+    err.arg = arg
+    return err
 
 def atomic_write(path, data):
     "Write `data` (str or bytes) to `path` whole or not at all."
@@ -153,7 +155,7 @@ class _Summed:
             raise
 
     def close_zip(self):
-        "Write the end record with its comment: `_SUM` and the CRC32 of all bytes before it."
+        "Write the end record, its comment `_SUM` and the CRC32 of all bytes before it."
         self._put(self.end[:-2] + (len(_SUM) + 8).to_bytes(2, 'little'))
         self.f.write(_SUM + b'%08x' % self.crc)
 
@@ -170,8 +172,7 @@ def atomic_save(obj, path):
 
 class DamagedFileError(ValueError): "A file cut short, changed on disk, or not what it should be."
 
-def _crc32(f, n):
-    "The CRC32 of the next `n` bytes of file `f`."
+def _crc32(f, n):   # of the next `n` bytes of file `f`
     crc = 0
     while n > 0 and (b := f.read(min(n, 1 << 22))):
         crc, n = zlib.crc32(b, crc), n - len(b)
@@ -347,7 +348,7 @@ def safe_extract(archive, dest, progress=None):
 # %% ../nbs/00a_data_access.ipynb #412dad5e
 _STAMP = '.exp-extracted.json'
 
-def _stamp(archive):   # tells versions apart
+def _stamp(archive):
     s = archive.stat()
     return dict(archive=archive.name, size=s.st_size, mtime_ns=s.st_mtime_ns)
 

@@ -4,8 +4,8 @@
 __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_NAME', 'synth_learner', 'env_int', 'is_main_process', 'unwrap_model',
            'broadcast_object', 'set_seed', 'get_rng_states', 'set_rng_states', 'loader_state', 'set_loader_state',
            'interrupted_path', 'check_state_fits', 'read_checkpoint', 'load_checkpoint', 'CheckpointCallback',
-           'check_run_dir', 'prepare_run_dir', 'run_dir_lock', 'RunLogger', 'plot_run', 'epoch_rows', 'MarkdownTable',
-           'markdown_table', 'NothingToResume', 'resume_config', 'resume_rows', 'settle_failed_run', 'dist', 'DDP']
+           'check_run_dir', 'run_dir_lock', 'RunLogger', 'plot_run', 'epoch_rows', 'MarkdownTable', 'markdown_table',
+           'NothingToResume', 'resume_config', 'resume_rows', 'settle_failed_run', 'dist', 'DDP']
 
 # %% ../nbs/05a_checkpoints.ipynb #5e8345ec
 from .nb_05 import *
@@ -98,7 +98,6 @@ def interrupted_path(path):
     return path.with_stem(path.stem + '.interrupted')
 
 def _model_info(model, state=None):
-    "A model's class, size and number of outputs, for messages."
     m = unwrap_model(model)
     sd = m.state_dict() if state is None else state
     ws = [v for k, v in sd.items() if k.endswith('weight') and v.ndim >= 2]
@@ -106,7 +105,6 @@ def _model_info(model, state=None):
     return {'arch': type(m).__name__, 'n_params': n, 'n_out': ws[-1].shape[0] if ws else None}
 
 def _describe_model(info, config=None):
-    "`_model_info` (and `config`'s arch) in words."
     arch = info['arch'] + (f" ({config['arch']})" if config and config.get('arch') else '')
     return f"{arch}, {info['n_out']} outputs, {info['n_params']:,} values"
 
@@ -221,17 +219,7 @@ def check_run_dir(out):
                                         "runs are never overwritten")
     base = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
     try: os.rmdir(tempfile.mkdtemp(dir=base, prefix='.exp-write-test-'))
-    except OSError as e:
-        err = OSError(e.errno, f"run folder {str(out)!r} cannot be created in {base} "
-                               f"({e.strerror}); choose another place")
-        err.arg = 'out'
-        raise err from e
-    return out
-
-def prepare_run_dir(out):
-    "Create the new run folder `out`."
-    out = check_run_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise write_error(e, out, 'out') from e
     return out
 
 # %% ../nbs/05a_checkpoints.ipynb #6c545ac6
@@ -251,8 +239,7 @@ def run_dir_lock(out):
         if lock is not None: lock.release()
 
 # %% ../nbs/05a_checkpoints.ipynb #2af7a4c9
-def _row(epoch, h):
-    "The metrics.json row of epoch `epoch` from history entry `h`."
+def _row(epoch, h):   # metrics.json's row of history entry `h`
     return dict(epoch=epoch,
                 train_loss=float(h['train_loss']), train_acc=float(h['train_accuracy']),
                 valid_loss=float(h['valid_loss']), valid_acc=float(h['valid_accuracy']))
@@ -301,8 +288,7 @@ class MarkdownTable(str):
     "Markdown text that Jupyter renders as a table; `print` shows the text."
     def _repr_markdown_(self): return str(self)
 
-def _fmt(v):
-    "`v` for a table: floats to 3 significant digits (no exponent below 1000)."
+def _fmt(v):   # floats to 3 significant digits, no exponent below 1000
     if not isinstance(v, float): return str(v)
     return f'{v:.3g}' if abs(v) < 1000 else f'{v:.0f}'
 

@@ -70,7 +70,6 @@ class ShardSampler(Sampler):
     def __len__(self): return len(self.idxs)
 
 def _rebuild_dl(dl, sampler, bs):
-    "A DataLoader like `dl` on `sampler`, with batch size `bs`."
     return DataLoader(dl.dataset, bs, sampler=sampler, num_workers=dl.num_workers,
                       collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
                       timeout=dl.timeout, worker_init_fn=dl.worker_init_fn,

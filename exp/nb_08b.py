@@ -30,7 +30,6 @@ class BadImagesError(UnreadableImageError):
     def __reduce__(self): return type(self), (self.bad, self.report)
 
 def _decode_or_reason(args):
-    "`_decode(args)`, or the reason (a str) why its file cannot be decoded."
     try: return _decode(args)
     except (UnreadableImageError, OSError, RuntimeError, ValueError) as e:
         return ' '.join(str(getattr(e, 'reason', None) or f'{type(e).__name__}: {e}').split())
@@ -59,7 +58,6 @@ class DamagedCacheError(RunSetupError):
     def __reduce__(self): return type(self), (self.path, self.why, self.read_only)
 
 def _header_ok(m, nbytes):
-    "True when header `m` is well formed for `nbytes` bytes of images."
     try: return (isinstance(m['fingerprint'], str) and isinstance(m['bad'], list)
                  and all(isinstance(v, int) and v >= 0 for v in m['shape'] + m['crc32'])
                  and len(m['shape']) == 4 and math.prod(m['shape']) == nbytes and m['chunk'] > 0
@@ -93,11 +91,7 @@ def verify_cache(path, meta):
                 where = f'{i * step}..{min(n, (i + 1) * step)}'
                 raise DamagedCacheError(path, f'bytes {where} fail their checksum')
 
-def _cache_write_error(e, path):
-    "`write_error` naming the argument `cache_dir`."
-    err = write_error(e, path)
-    err.arg = 'cache_dir'
-    return err
+_cache_write_error = partial(write_error, arg='cache_dir')
 
 def write_cache(files, size, path, fingerprint, num_workers=None, geometry='square', progress=None):
     "Decode `files` into cache file `path` image by image, a checksum per chunk, then the header."
@@ -147,7 +141,6 @@ class MappedImages:
         if self.read >= self.release_every: self.release()
 
 def _usable(cache_file, fp, shape):
-    "The verified header of `cache_file` if it caches the sources `fp`, else None."
     meta = cache_meta(cache_file)
     if meta is None or meta['fingerprint'] != fp or meta['shape'] != shape: return None
     verify_cache(cache_file, meta)
@@ -202,7 +195,6 @@ class DistributedCallback(DistributedCallback):
 
 # %% ../nbs/08b_big_folders.ipynb #a08f8b92
 def _tsv(pairs):
-    "(path, reason) pairs as the lines of a list file."
     return ''.join(f'{p}\t{r}\n' for p, r in pairs)
 
 def _cache_file(il, split, size, cache_dir=None, geometry='square'):
@@ -213,7 +205,6 @@ def _cache_file(il, split, size, cache_dir=None, geometry='square'):
 
 # %% ../nbs/08b_big_folders.ipynb #69fb36f6
 def _fits_in_ram(x):
-    "True when uint8 tensor `x` takes under a quarter of this machine's RAM."
     try: return x.numel() < os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 4
     except (ValueError, OSError, AttributeError): return False
 
@@ -263,15 +254,12 @@ class ImageFolderError(FileNotFoundError):
     "A missing data folder, or one not laid out as train/<class>/*, val/<class>/*."
 
 def _class_folders(split_dir):
-    "The visible sub-folders of `split_dir`, sorted."
     return sorted(p for p in Path(split_dir).iterdir() if p.is_dir() and not p.name.startswith('.'))
 
 def _has_image(folder):
-    "True when `folder` holds a visible image file."
     return bool(get_files(folder, image_extensions, recurse=True))
 
 def _layout_problem(path):
-    "What is wrong with the layout of data folder `path` (a message), or None."
     if not path.is_dir():
         what = 'is a file' if path.exists() else 'does not exist'
         return f"data folder {str(path)!r} {what}: `path` must be a folder with train/ and val/"

@@ -152,7 +152,7 @@ def cli_call(parser, f, flags=None):
     except UnreadableImageError as e:
         if e.path is None: fail(e)   # raised again by a DataLoader worker
         fail(f"cannot read the image file {e.path} ({e.reason}). Delete it, or replace it.")
-    except OSError as e:   # with an `.arg` (05a's cannot_create): a bad option
+    except OSError as e:   # with an `.arg` (from `write_error`): a bad option
         arg, msg = getattr(e, 'arg', None), e.strerror or str(e)
         if e.filename is not None: msg = f"{msg}: {e.filename}"
         if arg in flags: parser.error(f"argument {flags[arg]}: {msg}")
