@@ -249,7 +249,7 @@ class CtrlCAfterFirstEpoch(Callback):
     def after_epoch(self):
         if self.epoch == 0: raise KeyboardInterrupt
 try: train(Path(sys.argv[1]), size=32, epochs=2, bs=8, arch='draft-cnn', device='cpu', workers=0, out=Path(sys.argv[2]),
-           progress=False, cbs=[CtrlCAfterFirstEpoch()], opt=sys.argv[3])
+           progress=False, cbs=[CtrlCAfterFirstEpoch()], opt=sys.argv[3], tricks=sys.argv[4])
 except KeyboardInterrupt: print('interrupted')
 """
 
@@ -260,13 +260,17 @@ def _env():
 
 @pytest.mark.parametrize('opt', ['sgd', 'ranger'])
 def test_resume_matches_uninterrupted_run(opt, folder, tmp_path, capsys):
-    "A 2-epoch run stopped by KeyboardInterrupt after epoch 1, resumed with `--resume`, ends like the run done in one go."
+    """A 2-epoch run stopped by KeyboardInterrupt after epoch 1, resumed with `--resume`, ends like the run done in one go.
+    Every trick on (mixup's draws must be restored) but mixed precision: bf16 autocast on a CPU (oneDNN) is not
+    bit-reproducible from one run to the next, so exactness is a float32 promise (README, Resuming runs)."""
     whole, cut = tmp_path / 'whole', tmp_path / 'cut'
-    p = _run('--data', folder, *TINY, '--arch', 'draft-cnn', '--opt', opt, '--out', whole)   # every trick on: mixup's draws must be restored
+    from exp.nb_10a import TRICKS
+    tricks = ','.join(t for t in TRICKS if t != 'mixed_precision')
+    p = _run('--data', folder, *TINY, '--arch', 'draft-cnn', '--opt', opt, '--tricks', tricks, '--out', whole)
     assert p.returncode == 0, p.stderr[-3000:]
     cfg = json.loads((whole / 'config.json').read_text())
     assert cfg['args']['opt'] == cfg['recipe']['opt'] == opt and cfg['recipe']['lr'] == (8e-3 if opt == 'ranger' else 0.3)
-    p = subprocess.run([sys.executable, '-c', STOP_AFTER_EPOCH_1, str(folder), str(cut), opt], cwd=ROOT, env=_env(),
+    p = subprocess.run([sys.executable, '-c', STOP_AFTER_EPOCH_1, str(folder), str(cut), opt, tricks], cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and 'interrupted' in p.stdout, p.stderr[-3000:]
     assert len(json.loads((cut / 'metrics.json').read_text())) == 1 and not (cut / 'model.pt').exists()
