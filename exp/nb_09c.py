@@ -100,10 +100,10 @@ def _sync(device):
     if device.type == 'mps': torch.mps.synchronize()
 
 class BatchTimer(Callback):
-    "Seconds per batch of each phase (`secs`), over `n` batches after a warm-up one; ends the fit."
+    "Seconds per batch of each phase (`secs`) and what starting the phase again costs (`start`)."
     order = 100   # after every other callback's batch work
     def __init__(self, n=3): self.n = n
-    def begin_fit(self): self.secs = {}
+    def begin_fit(self): self.secs, self.start = {}, {}
     def begin_epoch(self): self.stamps = [time.perf_counter()]
     def begin_validate(self):
         self._record('train')
@@ -111,12 +111,16 @@ class BatchTimer(Callback):
     def after_batch(self):
         _sync(self.xb.device)
         self.stamps.append(time.perf_counter())
-        if len(self.stamps) > self.n + 1: raise CancelEpochException()
+        if self.epoch > 0 or len(self.stamps) > self.n + 1: raise CancelEpochException()
     def after_epoch(self):
         self._record('valid')
-        raise CancelTrainException()
+        if self.epoch > 0: raise CancelTrainException()
     def _record(self, phase):
-        ts = self.stamps[1:] if len(self.stamps) > 2 else self.stamps   # the warm-up batch left out
+        ts = self.stamps
+        if self.epoch > 0:   # the first batch of a second epoch: a phase's start, warm
+            self.start[phase] = max(ts[-1] - ts[0] - self.secs[phase], 0.) if len(ts) > 1 else 0.
+            return
+        ts = ts[1:] if len(ts) > 2 else ts   # the warm-up batch left out
         self.secs[phase] = (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else 0.
 
 # %% ../nbs/09c_speed.ipynb #c441a81f
@@ -126,8 +130,8 @@ def epoch_seconds(run, learn, size, progressive=False):
     run.logger = lambda *a, **k: None
     dls = [dl for dl in (learn.data.train_dl, learn.data.valid_dl) if hasattr(dl, 'state_dict')]
     states = [dl.state_dict() for dl in dls]
-    run.fit(1, learn)
-    t, v = timer.secs['train'], timer.secs['valid']
+    run.fit(2, learn)                              # timed batches, then a second start
+    (t, v), (ot, ov) = timer.secs.values(), timer.start.values()
     a, b = 0., t / size**2                         # one timing: a batch costs side² ...
     small = progressive_size(size, 0, 3)
     if progressive and small < size:               # ... two: a + b·side² (the step stays)
@@ -138,7 +142,7 @@ def epoch_seconds(run, learn, size, progressive=False):
         a = max(t - b * size**2, 0.)
     for dl, sd in zip(dls, states): dl.load_state_dict(sd)   # the loaders draw as if untimed
     nt, nv = len(learn.data.train_dl), len(learn.data.valid_dl)
-    return lambda s: nt * (a + b * s * s), lambda s: nv * v * (s / size)**2
+    return lambda s: nt * (a + b * s * s) + ot, lambda s: nv * v * (s / size)**2 + ov
 
 _MAX_PLAN_EPOCHS = 1000
 
