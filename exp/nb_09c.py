@@ -102,7 +102,7 @@ def _sync(device):
 class BatchTimer(Callback):
     "Seconds per batch of each phase (`secs`) and what starting the phase again costs (`start`)."
     order = 100   # after every other callback's batch work
-    def __init__(self, n=3): self.n = n
+    def __init__(self, n=5): self.n = n
     def begin_fit(self): self.secs, self.start = {}, {}
     def begin_epoch(self): self.stamps = [time.perf_counter()]
     def begin_validate(self):
@@ -121,7 +121,8 @@ class BatchTimer(Callback):
             self.start[phase] = max(ts[-1] - ts[0] - self.secs[phase], 0.) if len(ts) > 1 else 0.
             return
         ts = ts[1:] if len(ts) > 2 else ts   # the warm-up batch left out
-        self.secs[phase] = (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else 0.
+        gaps = sorted(b - a for a, b in zip(ts, ts[1:]))
+        self.secs[phase] = gaps[len(gaps) // 2] if gaps else 0.   # the median: one slow batch is noise
 
 # %% ../nbs/09c_speed.ipynb #c441a81f
 def epoch_seconds(run, learn, size, progressive=False):
