@@ -141,6 +141,7 @@ def epoch_seconds(run, learn, size, progressive=False):
         learn.data.train_dl.size = size
         b = max(t - timer.secs['train'], 0.) / (size**2 - small**2)
         a = max(t - b * size**2, 0.)
+        b = (t - a) / size**2                      # through the timing at `size`, whatever clamped
     for dl, sd in zip(dls, states): dl.load_state_dict(sd)   # the loaders draw as if untimed
     nt, nv = len(learn.data.train_dl), len(learn.data.valid_dl)
     return lambda s: nt * (a + b * s * s) + ot, lambda s: nv * v * (s / size)**2 + ov

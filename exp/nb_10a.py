@@ -79,6 +79,7 @@ class Plan:
     crop: str              # 'whole' or 'square'
     device: torch.device
     stats: object = 'auto'   # or a resumed run's (mean, std)
+    progressive: bool = False   # smaller crops first (the fast pipeline only)
     budget: dict = None      # what `budget` chose
 
 def _recipe(o):
@@ -104,7 +105,7 @@ def resolve(o):
     if crop != 'square' and pipeline != 'fast':
         raise ArgError('crop', o.crop, f"applies to the fast pipeline, not {pipeline}")
     device = default_device() if o.device == 'auto' else torch.device(o.device)
-    return Plan(_recipe(o), pipeline, crop, device, o.stats)
+    return Plan(_recipe(o), pipeline, crop, device, o.stats, o.progressive and pipeline == 'fast')
 
 # %% ../nbs/10a_train.ipynb #74a9ed1a
 FORMAT = 1   # of config.json and model.pt; another format is refused
@@ -148,7 +149,7 @@ def _fit(data, o, plan, resume, cbs, teacher):
     extra = [CheckpointCallback(out / CHECKPOINT_NAME, config=config, resume=resume or None)]
     extra += [logger] * main
     if dist_env().world_size > 1: extra.append(DistributedCallback())
-    if o.progressive and plan.pipeline == 'fast': extra.append(ProgressiveResize(o.size))
+    if plan.progressive: extra.append(ProgressiveResize(o.size))
     learn, run = build_learner(data, plan.recipe, device=plan.device, progress=o.progress and main,
                                cbs=extra + listify(cbs), compile_model=o.compile_model,
                                teacher=teacher)
@@ -277,20 +278,19 @@ def resume_train(run_dir, cbs=None, **free):
 def _budget(o, plan, data, load, t_start):
     "Options, plan and data of a run that fits `o.budget` minutes from `t_start`."
     loading = time.monotonic() - t_start            # what loading at another size may cost
-    prog = o.progressive and plan.pipeline == 'fast'
     teacher = load_teacher(o.teacher, data) if plan.recipe.distill else None
     learn, run = build_learner(data, plan.recipe, device=plan.device, teacher=teacher)
-    train_s, valid_s = epoch_seconds(run, learn, o.size, progressive=prog)
+    times = epoch_seconds(run, learn, o.size, plan.progressive)   # (train_s, valid_s)
     spent = time.monotonic() - t_start
     left = 0.95 * (60 * o.budget - spent)           # 5 %: saving the model, noise
-    plan_ = plan_budget(left, o.size, o.epochs, train_s, valid_s, prog, resize_s=loading)
+    plan_ = plan_budget(left, o.size, o.epochs, *times, plan.progressive, resize_s=loading)
     size, epochs = broadcast_object(plan_)          # rank 0's, on every process
-    one = run_seconds(1, size, train_s, valid_s)
+    one = run_seconds(1, size, *times)
     if epochs == 0:
         raise ArgError('budget', o.budget, f"is too short: after {spent / 60:.1f} min of loading "
                        f"and timing, one epoch at {size} px takes about {one / 60:.1f} min here")
     if size != o.size: data = load(size)            # the data at the size chosen
-    total = (time.monotonic() - t_start + run_seconds(epochs, size, train_s, valid_s, prog)) / 60
+    total = (time.monotonic() - t_start + run_seconds(epochs, size, *times, plan.progressive)) / 60
     if is_main_process():
         print(f"budget {o.budget:g} min: {epochs} epochs at {size} px, about {total:.1f} min "
               f"(an epoch at {size} px: about {one:.3g} s here)")
