@@ -129,8 +129,8 @@ def epoch_seconds(run, learn, size, progressive=False):
     "`train_s(side)`, `valid_s(side)`: an epoch's seconds, timed on a few batches of `learn`."
     run.add_cbs([timer := BatchTimer()])   # `run` is spent after: use a throwaway one
     run.logger = lambda *a, **k: None
-    dls = [dl for dl in (learn.data.train_dl, learn.data.valid_dl) if hasattr(dl, 'state_dict')]
-    states = [dl.state_dict() for dl in dls]
+    dls = (learn.data.train_dl, learn.data.valid_dl)
+    states = [loader_state(dl) for dl in dls]      # 05a's: any loader's random state
     run.fit(2, learn)                              # timed batches, then a second start
     (t, v), (ot, ov) = timer.secs.values(), timer.start.values()
     a, b = 0., t / size**2                         # one timing: a batch costs side² ...
@@ -142,7 +142,7 @@ def epoch_seconds(run, learn, size, progressive=False):
         b = max(t - timer.secs['train'], 0.) / (size**2 - small**2)
         a = max(t - b * size**2, 0.)
         b = (t - a) / size**2                      # through the timing at `size`, whatever clamped
-    for dl, sd in zip(dls, states): dl.load_state_dict(sd)   # the loaders draw as if untimed
+    for dl, st in zip(dls, states): set_loader_state(dl, st)   # they draw as if untimed
     nt, nv = len(learn.data.train_dl), len(learn.data.valid_dl)
     return lambda s: nt * (a + b * s * s) + ot, lambda s: nv * v * (s / size)**2 + ov
 
